@@ -1,0 +1,94 @@
+"""Configuration: environment variables and command-line flags, in one place.
+
+Flags win over environment variables, which win over defaults. The environment variable names are the
+app's contract (``VIBEVOICE_PRECISION``, ``VIBEVOICE_MODEL_PATH``); keep them exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .messages import PRECISIONS
+
+__all__ = ["Config", "DEFAULT_MODEL_ID", "LOG_FORMAT", "setup_logging", "env_flag"]
+
+DEFAULT_MODEL_ID = "microsoft/VibeVoice-ASR-HF"
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
+def env_flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"vibevoice-rpc: {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise SystemExit(f"vibevoice-rpc: {name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass
+class Config:
+    """Everything the server reads from its environment and flags."""
+
+    precision: str = "fp16"
+    model_path: str | None = None
+    device: str = "auto"
+    preload: bool = False
+    offline: bool = False
+    allow_cpu_offload: bool = False
+    log_level: str = "INFO"
+    max_queue: int = 16
+    max_window_seconds: float = 3600.0
+    max_audio_seconds: float = 4 * 3600.0
+    parent_pid: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        precision = env.get("VIBEVOICE_PRECISION", "").strip().lower() or "fp16"
+        if precision not in PRECISIONS:
+            raise SystemExit(
+                f"vibevoice-rpc: VIBEVOICE_PRECISION={precision!r} is not one of "
+                f"{', '.join(PRECISIONS)}"
+            )
+        device = env.get("VIBEVOICE_DEVICE", "").strip().lower() or "auto"
+        if device not in ("auto", "cuda", "cpu"):
+            raise SystemExit(f"vibevoice-rpc: VIBEVOICE_DEVICE={device!r} is not auto, cuda or cpu")
+        return cls(
+            precision=precision,
+            model_path=env.get("VIBEVOICE_MODEL_PATH") or None,
+            device=device,
+            preload=env_flag(env.get("VIBEVOICE_PRELOAD")),
+            offline=env_flag(env.get("VIBEVOICE_OFFLINE")),
+            allow_cpu_offload=env_flag(env.get("VIBEVOICE_ALLOW_CPU_OFFLOAD")),
+            log_level=(env.get("VIBEVOICE_LOG_LEVEL") or "INFO").upper(),
+            max_queue=int(_env_float(env, "VIBEVOICE_MAX_QUEUE", 16)),
+            max_window_seconds=_env_float(env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0),
+            max_audio_seconds=_env_float(env, "VIBEVOICE_MAX_AUDIO_SECONDS", 4 * 3600.0),
+        )
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr only, in the shape the app parses: ``date - logger - LEVEL - message``."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise SystemExit(f"vibevoice-rpc: unknown log level {level!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    logging.captureWarnings(True)

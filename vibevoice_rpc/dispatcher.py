@@ -1,0 +1,529 @@
+"""Routing, the job queue, cancellation and shutdown — with one exception-to-error boundary.
+
+The reader thread calls :meth:`Dispatcher.handle_line` for every line. Fast methods (``health``,
+``cancel``, ``shutdown``) are answered right there; model work (``transcribe``, ``reload_model``,
+``unload_model``) goes to a bounded FIFO queue served by one worker thread, which owns the engine.
+Every request gets exactly one response: :class:`Reply` enforces it, and :meth:`Dispatcher.close`
+answers whatever is still pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from . import PROTOCOL_VERSION, __version__
+from .errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotFound,
+    OutOfMemory,
+    RequestCancelled,
+    RequestTooLarge,
+    RpcError,
+    ServerBusy,
+    ShuttingDown,
+)
+from .jsonrpc import (
+    Id,
+    Invalid,
+    Request,
+    decode_batch_member,
+    decode_message,
+    decode_params,
+    encode_error,
+    encode_notification,
+    encode_result,
+)
+from .messages import (
+    CancelParams,
+    CancelResult,
+    EmptyParams,
+    HealthResult,
+    ProgressParams,
+    ReloadParams,
+    Segment,
+    SegmentParams,
+    StatusResult,
+    TranscribeParams,
+)
+from .transport import Oversized, find_top_level_id
+
+__all__ = ["Engine", "Job", "Reply", "Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 0.9  # re-send the current progress when nothing was sent for this long
+MIN_PROGRESS_INTERVAL = 0.1  # at most ~10 progress notifications a second per job
+_TICK = 0.1
+
+
+class Engine(Protocol):
+    """What the dispatcher needs from the model engine (the real one is :mod:`vibevoice_rpc.engine`)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+    def transcribe(self, params: TranscribeParams, job: Job) -> Any: ...
+    def reload(self, params: ReloadParams, job: Job) -> StatusResult: ...
+    def unload(self, job: Job) -> StatusResult: ...
+    def preload(self, job: Job) -> None: ...
+    def close(self) -> None: ...
+
+
+def _id_key(id_: Id) -> tuple[str, Id]:
+    # 1, 1.0 and "1" are different ids in JSON-RPC.
+    return (type(id_).__name__, id_)
+
+
+class Reply:
+    """The one response of one request. A second answer is refused (and logged), never written."""
+
+    __slots__ = ("id", "_sink", "_lock", "done")
+
+    def __init__(self, id_: Id, sink: Callable[[bytes | None], None] | None) -> None:
+        self.id = id_
+        self._sink = sink  # None for notifications: computed, never written
+        self._lock = threading.Lock()
+        self.done = False
+
+    def result(self, value: Any) -> None:
+        self._send(lambda: encode_result(self.id, value), None)
+
+    def error(self, err: RpcError) -> None:
+        self._send(lambda: encode_error(self.id, err), err)
+
+    def _send(self, make: Callable[[], bytes], err: RpcError | None) -> None:
+        with self._lock:
+            if self.done:
+                log.error("suppressed a second response to request id=%r", self.id)
+                return
+            self.done = True
+        if self._sink is None:
+            if err is not None:
+                log.info("error for a notification (not answered): %s", err.message)
+            return
+        try:
+            data = make()
+        except Exception as exc:  # a result that can't be encoded is an internal error
+            log.exception("could not encode the response to id=%r", self.id)
+            data = encode_error(self.id, InternalError(f"could not encode the response: {exc}"))
+        self._sink(data)
+
+
+class _Batch:
+    """Collects the responses of a batch and writes them as one array when all members are done."""
+
+    def __init__(self, size: int, write: Callable[[bytes], Any]) -> None:
+        self._remaining = size
+        self._parts: list[bytes] = []
+        self._write = write
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes | None) -> None:
+        with self._lock:
+            if data is not None:
+                self._parts.append(data)
+            self._remaining -= 1
+            if self._remaining or not self._parts:
+                return
+            out = b"[" + b",".join(self._parts) + b"]"
+        self._write(out)
+
+
+class Job:
+    """One unit of model work, and the engine's handle on it: progress, segments, cancel."""
+
+    def __init__(
+        self,
+        id_: Id,
+        method: str,
+        params: Any,
+        reply: Reply | None,
+        notify: Callable[[str, Any], None],
+    ) -> None:
+        self.id = id_
+        self.method = method
+        self.params = params
+        self.reply = reply
+        self._notify = notify if reply is not None and reply._sink is not None else None
+        self.cancel_event = threading.Event()
+        self.cancel_reason = "cancelled"
+        self.segments: list[Segment] = []
+        self.stage = ""
+        self.progress_value = 0.0
+        self.message = ""
+        self._last_emit = 0.0
+        self._pending = False
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.cancel_reason = reason
+        self.cancel_event.set()
+
+    def cancelled_error(self) -> RequestCancelled:
+        return RequestCancelled(
+            f"Request {self.cancel_reason}",
+            kind="cancelled",
+            reason=self.cancel_reason,
+            segments=list(self.segments),
+        )
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`RequestCancelled` (with the segments so far) if cancel was requested."""
+        if self.cancel_event.is_set():
+            raise self.cancelled_error()
+
+    def report(self, stage: str, progress: float, message: str = "") -> None:
+        """Record progress. A new stage is sent at once; within a stage at most every 0.1 s,
+        and progress never goes backwards within a stage."""
+        now = time.monotonic()
+        progress = min(1.0, max(0.0, float(progress)))
+        with self._lock:
+            if stage != self.stage:
+                self.stage, self.progress_value, self.message = stage, progress, message
+                self._emit_locked(now)
+                return
+            self.progress_value = max(self.progress_value, progress)
+            if message:
+                self.message = message
+            if now - self._last_emit >= MIN_PROGRESS_INTERVAL:
+                self._emit_locked(now)
+            else:
+                self._pending = True
+
+    def add_segment(self, segment: Segment) -> None:
+        """Record a finished segment and stream it as a ``segment`` notification."""
+        with self._lock:
+            index = len(self.segments)
+            self.segments.append(segment)
+        if self._notify is not None:
+            self._notify("segment", SegmentParams(id=self.id, index=index, segment=segment))
+
+    def heartbeat(self, now: float) -> None:
+        """Flush a rate-limited update, or repeat the current progress when quiet for ~1 s."""
+        with self._lock:
+            if not self.stage:
+                return
+            quiet = now - self._last_emit
+            if (self._pending and quiet >= MIN_PROGRESS_INTERVAL) or quiet >= HEARTBEAT_SECONDS:
+                self._emit_locked(now)
+
+    def _emit_locked(self, now: float) -> None:
+        self._last_emit = now
+        self._pending = False
+        if self._notify is not None:
+            self._notify(
+                "progress",
+                ProgressParams(
+                    id=self.id,
+                    stage=self.stage,
+                    progress=round(self.progress_value, 4),
+                    message=self.message,
+                ),
+            )
+
+
+@dataclass(frozen=True)
+class _Method:
+    params: type
+    handler: Callable[..., Any]
+    queued: bool
+
+
+class Dispatcher:
+    """Reads messages, answers fast methods inline and runs model work on one worker thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        write: Callable[[bytes], Any],
+        *,
+        max_queue: int = 16,
+        max_line_bytes: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self._write = write
+        self._max_queue = max_queue
+        self._max_line_bytes = max_line_bytes
+        self._queue: deque[Job] = deque()
+        self._inflight: dict[tuple[str, Id], Job] = {}
+        self._running: Job | None = None
+        self._cv = threading.Condition()
+        self.stopping = threading.Event()
+        self.stop_reason = ""
+        self._started = time.monotonic()
+        self._worker: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._methods: dict[str, _Method] = {
+            "health": _Method(EmptyParams, self._health, False),
+            "cancel": _Method(CancelParams, self._cancel, False),
+            "$/cancelRequest": _Method(CancelParams, self._cancel, False),
+            "shutdown": _Method(EmptyParams, self._shutdown, False),
+            "transcribe": _Method(TranscribeParams, self.engine.transcribe, True),
+            "reload_model": _Method(ReloadParams, self.engine.reload, True),
+            "unload_model": _Method(EmptyParams, lambda _p, job: self.engine.unload(job), True),
+        }
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, *, preload: bool = False) -> None:
+        self._worker = threading.Thread(target=self._work, name="vibevoice-worker", daemon=True)
+        self._ticker = threading.Thread(target=self._tick, name="vibevoice-heartbeat", daemon=True)
+        self._worker.start()
+        self._ticker.start()
+        if preload:
+            job = Job(None, "preload", None, None, self._notify)
+            with self._cv:
+                self._queue.append(job)
+                self._cv.notify()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop accepting work; the reader loop ends and calls :meth:`close`."""
+        if not self.stopping.is_set():
+            self.stop_reason = reason
+            self.stopping.set()
+            log.info("stopping: %s", reason)
+
+    def close(self, timeout: float = 1.5) -> None:
+        """Cancel all work, answer everything still pending, and wait briefly for the worker."""
+        self.request_stop(self.stop_reason or "closed")
+        reason = self.stop_reason
+        with self._cv:
+            queued = list(self._queue)
+            self._queue.clear()
+            running = self._running
+            self._cv.notify_all()
+        for job in queued:
+            job.cancel(reason)
+            self._finish(job, error=job.cancelled_error())
+        if running is not None:
+            running.cancel(reason)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        if running is not None and running.reply is not None and not running.reply.done:
+            # The worker is stuck in a long native call (e.g. a prefill); answer for it.
+            self._finish(running, error=running.cancelled_error())
+        try:
+            self.engine.close()
+        except Exception:
+            log.exception("engine close failed")
+
+    # --- reading --------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes | Oversized) -> None:
+        """Handle one input line (a message or a batch). Never raises."""
+        try:
+            if isinstance(line, Oversized):
+                limit = self._max_line_bytes or 0
+                err = RequestTooLarge(
+                    f"Request too large: the line has {line.size} bytes, the limit is {limit} bytes",
+                    size=line.size,
+                    limit=limit,
+                )
+                self._write(encode_error(find_top_level_id(line.head, line.tail), err))
+                return
+            message = decode_message(line)
+            if isinstance(message, list):
+                self._handle_batch(message)
+            else:
+                self._handle_one(message, self._write)
+        except Exception as exc:  # the last line of defence: the reader must survive anything
+            log.exception("unexpected failure handling a line")
+            self._write(encode_error(None, InternalError(f"Internal error: {exc}")))
+
+    def _handle_batch(self, members: list[msgspec.Raw]) -> None:
+        if not members:
+            self._write(encode_error(None, InvalidRequest("Invalid Request: empty batch")))
+            return
+        batch = _Batch(len(members), self._write)
+        for raw in members:
+            self._handle_one(decode_batch_member(raw), batch.add)
+
+    def _handle_one(self, message: Request | Invalid, sink: Callable[[bytes | None], Any]) -> None:
+        if isinstance(message, Invalid):
+            sink(encode_error(message.id, message.error))
+            return
+        if message.is_notification:
+            reply = Reply(None, None)
+            if sink is not self._write:
+                sink(None)  # a batch member that is never answered
+        else:
+            reply = Reply(message.id, sink)  # type: ignore[arg-type]
+        self._dispatch(message, reply)
+
+    # --- the one exception-to-error boundary for inline work and enqueueing -----------------
+
+    def _dispatch(self, request: Request, reply: Reply) -> None:
+        try:
+            method = self._methods.get(request.method)
+            if method is None:
+                raise MethodNotFound(
+                    f"Method not found: {request.method!r}",
+                    method=request.method,
+                    available=sorted(m for m in self._methods if not m.startswith("$/")),
+                )
+            params = decode_params(request.params, method.params)
+            if method.queued:
+                self._enqueue(request, params, reply)
+            else:
+                result = method.handler(params, reply)
+                if result is not None:
+                    reply.result(result)
+        except RpcError as err:
+            reply.error(err)
+        except Exception as exc:
+            log.exception("internal error in %s", request.method)
+            reply.error(InternalError(f"Internal error: {type(exc).__name__}: {exc}"))
+
+    def _enqueue(self, request: Request, params: Any, reply: Reply) -> None:
+        if reply._sink is None and request.method == "transcribe":
+            log.warning("ignored 'transcribe' sent as a notification: its result would be lost")
+            return
+        if self.stopping.is_set():
+            raise ShuttingDown("The server is shutting down", reason=self.stop_reason)
+        job = Job(reply.id, request.method, params, reply, self._notify)
+        with self._cv:
+            if len(self._queue) >= self._max_queue:
+                raise ServerBusy(
+                    f"Server busy: {len(self._queue)} jobs are already queued",
+                    hint="wait for a running job to finish, or cancel one",
+                    queue_length=len(self._queue),
+                    max_queue=self._max_queue,
+                )
+            if reply._sink is not None:
+                key = _id_key(reply.id)
+                if key in self._inflight:
+                    raise InvalidRequest(
+                        f"Invalid Request: id {reply.id!r} is already in use by a pending request",
+                        kind="duplicate_id",
+                    )
+                self._inflight[key] = job
+            if request.method == "transcribe":  # sent before the worker can report a later stage
+                position = len(self._queue) + 1 + (1 if self._running is not None else 0)
+                job.report("queued", 0.0, f"queued at position {position}")
+            self._queue.append(job)
+            self._cv.notify()
+
+    # --- inline methods -------------------------------------------------------------------
+
+    def _health(self, _params: EmptyParams, _reply: Reply) -> HealthResult:
+        snap = self.engine.snapshot()
+        with self._cv:
+            queue_length = len(self._queue)
+        state = "stopping" if self.stopping.is_set() else snap.get("state", "idle")
+        return HealthResult(
+            status="ok",
+            model_loaded=bool(snap.get("model_loaded", False)),
+            gpu_available=bool(snap.get("gpu_available", False)),
+            vram_used_mb=snap.get("vram_used_mb"),
+            vram_total_mb=snap.get("vram_total_mb"),
+            state=state,
+            device=str(snap.get("device", "")),
+            precision=str(snap.get("precision", "")),
+            model=str(snap.get("model", "")),
+            queue_length=queue_length,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            uptime_s=round(time.monotonic() - self._started, 3),
+            last_error=snap.get("last_error"),
+            plan=snap.get("plan"),
+        )
+
+    def _cancel(self, params: CancelParams, _reply: Reply) -> CancelResult:
+        key = _id_key(params.id)
+        with self._cv:
+            job = self._inflight.get(key)
+            if job is None or job.reply is None or job.reply.done:
+                return CancelResult(cancelled=False)
+            queued = job is not self._running
+            if queued:
+                self._queue.remove(job)
+            job.cancel("cancelled")
+        if queued:  # queued jobs are answered at once
+            self._finish(job, error=job.cancelled_error())
+        return CancelResult(cancelled=True)
+
+    def _shutdown(self, _params: EmptyParams, reply: Reply) -> None:
+        reply.result(StatusResult(status="ok", message="shutting down"))
+        self.request_stop("shutdown")
+        return None
+
+    # --- worker ---------------------------------------------------------------------------
+
+    def _notify(self, method: str, params: Any) -> None:
+        self._write(encode_notification(method, params))
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self.stopping.is_set():
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+                self._running = job
+            try:
+                self._run(job)
+            finally:
+                with self._cv:
+                    self._running = None
+
+    def _run(self, job: Job) -> None:
+        """The exception-to-error boundary of model work: every job ends in exactly one answer."""
+        result: Any = None
+        error: RpcError | None = None
+        try:
+            job.check_cancelled()
+            if job.method == "preload":
+                self.engine.preload(job)
+                return
+            result = self._methods[job.method].handler(job.params, job)
+        except RpcError as err:
+            error = err
+        except MemoryError:
+            error = OutOfMemory(
+                "CUDA out of memory: the host ran out of memory (MemoryError)",
+                hint="use a lower precision (int8 or nf4) or a shorter audio file",
+            )
+        except Exception as exc:
+            log.exception("%s failed", job.method)
+            error = InternalError(f"Internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if job.method != "preload":
+                self._finish(job, result=result, error=error)
+
+    def _finish(self, job: Job, *, result: Any = None, error: RpcError | None = None) -> None:
+        with self._cv:
+            if job.reply is not None and self._inflight.get(_id_key(job.id)) is job:
+                del self._inflight[_id_key(job.id)]
+        if job.reply is None:
+            return
+        if error is not None:
+            job.reply.error(error)
+        else:
+            job.reply.result(result)
+
+    def _tick(self) -> None:
+        while not self.stopping.wait(_TICK):
+            now = time.monotonic()
+            with self._cv:
+                jobs = list(self._inflight.values())
+            for job in jobs:
+                job.heartbeat(now)
+
+    @property
+    def queue_length(self) -> int:
+        with self._cv:
+            return len(self._queue)

@@ -1,0 +1,111 @@
+"""The server's lifecycle: claim stdout, say ``ready``, read stdin, stop cleanly on every path.
+
+Stop paths, each ending in exit code 0 within ~2 s: ``shutdown``, stdin EOF (the parent is gone),
+SIGTERM/SIGINT/SIGHUP, and the parent-process watchdog. All of them cancel running work, answer every
+pending request, then leave with ``os._exit`` (interpreter teardown after torch costs ~0.8 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from . import PROTOCOL_VERSION, __version__
+from .config import Config
+from .dispatcher import Dispatcher
+from .jsonrpc import encode_notification
+from .messages import ReadyParams
+from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, iter_lines
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+
+class _Terminate(BaseException):
+    """Raised in the main thread by a signal handler to leave the read loop."""
+
+
+class _Stopper:
+    """Runs the stop sequence exactly once, from whichever thread gets there first."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str, code: int = 0) -> None:
+        with self._lock:  # a second caller blocks here until the first one exits the process
+            self._dispatcher.request_stop(reason)
+            self._dispatcher.close(timeout=1.2)
+            log.info("exiting (%s)", reason)
+            for stream in (sys.stderr, sys.__stderr__):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+
+
+def _install_signal_handlers(dispatcher: Dispatcher) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        if not dispatcher.stopping.is_set():
+            raise _Terminate(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                signal.signal(sig, handler)
+            except (OSError, ValueError):  # pragma: no cover - not the main thread / unsupported
+                pass
+
+
+def _watch_parent(pid: int, stopper: _Stopper) -> None:
+    """Exit when the parent process dies (the app crashed or was killed without closing stdin)."""
+    from .watchdog import wait_for_exit
+
+    def run() -> None:
+        wait_for_exit(pid)
+        stopper.stop(f"parent process {pid} exited")
+
+    threading.Thread(target=run, name="vibevoice-parent-watchdog", daemon=True).start()
+
+
+def serve(config: Config, proto_fd: int) -> int:
+    """Serve JSON-RPC on stdin / ``proto_fd`` until told to stop. Does not return normally."""
+    writer = LineWriter(proto_fd)
+    writer.write(
+        encode_notification(
+            "ready", ReadyParams(version=__version__, protocol=PROTOCOL_VERSION, pid=os.getpid())
+        )
+    )
+    from .engine import Engine  # cheap: torch is imported later, on a worker thread
+
+    engine = Engine(config)
+    dispatcher = Dispatcher(
+        engine, writer.write, max_queue=config.max_queue, max_line_bytes=DEFAULT_MAX_LINE_BYTES
+    )
+    stopper = _Stopper(dispatcher)
+    _install_signal_handlers(dispatcher)
+    dispatcher.start(preload=config.preload)
+    engine.warm_up()
+    if config.parent_pid:
+        _watch_parent(config.parent_pid, stopper)
+    reason = "stdin closed"
+    try:
+        for line in iter_lines(sys.stdin.buffer, DEFAULT_MAX_LINE_BYTES):
+            dispatcher.handle_line(line)
+            if dispatcher.stopping.is_set():
+                reason = dispatcher.stop_reason
+                break
+    except (_Terminate, KeyboardInterrupt) as exc:
+        reason = f"signal {exc}" if str(exc) else "interrupted"
+    except OSError as exc:
+        reason = f"stdin error: {exc}"
+    stopper.stop(reason)
+    return 0  # pragma: no cover - stop() exits the process
