@@ -110,6 +110,17 @@ def _readable_id(data: bytes) -> Id:
 def decode_message(line: bytes) -> Request | list[msgspec.Raw] | Invalid:
     """Decode one line: a request/notification, a batch (list of raw members), or an error."""
     try:
+        line.decode("utf-8")  # msgspec does not validate bytes it skips (unknown fields, Raw)
+    except UnicodeDecodeError as exc:
+        return Invalid(
+            None,
+            ParseError(
+                f"Parse error: the line is not valid UTF-8 ({exc.reason} at byte {exc.start}). "
+                f"Send one JSON-RPC 2.0 object per line, for example: {PARSE_ERROR_EXAMPLE}",
+                example=PARSE_ERROR_EXAMPLE,
+            ),
+        )
+    try:
         return _message_decoder.decode(line)
     except msgspec.ValidationError as exc:
         return Invalid(_readable_id(line), InvalidRequest(f"Invalid Request: {exc}"))

@@ -84,6 +84,7 @@ def serve(config: Config, proto_fd: int) -> int:
             "ready", ReadyParams(version=__version__, protocol=PROTOCOL_VERSION, pid=os.getpid())
         )
     )
+    log.debug("ready written (torch imported: %s)", "torch" in sys.modules)
     from .engine import Engine  # cheap: torch is imported later, on a worker thread
 
     engine = Engine(config)

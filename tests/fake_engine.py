@@ -1,0 +1,62 @@
+"""A controllable stand-in for the engine, for dispatcher unit tests only (never used by the product)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from vibevoice_rpc.dispatcher import Job
+from vibevoice_rpc.errors import AudioFileError
+from vibevoice_rpc.messages import (
+    Metadata,
+    ReloadParams,
+    Segment,
+    StatusResult,
+    TranscribeParams,
+    TranscribeResult,
+)
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.state = "idle"
+        self.gate = threading.Event()  # transcribe blocks until set (or cancelled)
+        self.gate.set()
+        self.started = threading.Event()
+        self.calls: list[str] = []
+        self.closed = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "model_loaded": False, "device": "cpu", "precision": "fp32"}
+
+    def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
+        self.calls.append(params.audio_path)
+        if params.audio_path == "missing.wav":
+            raise AudioFileError("Audio file not found: missing.wav", kind="not_found")
+        if params.audio_path == "boom.wav":
+            raise ValueError("boom")
+        job.report("loading_audio", 0.5, "decoding")
+        job.add_segment(Segment("Speaker_0", 0.0, 1.0, "hello"))
+        self.started.set()
+        while not self.gate.wait(0.01):
+            job.check_cancelled()
+        job.check_cancelled()
+        job.add_segment(Segment("Speaker_1", 1.0, 2.0, "world"))
+        meta = Metadata(
+            duration=2.0, language="en", processing_time=0.1, model_precision="fp32", num_speakers=2
+        )
+        return TranscribeResult(segments=list(job.segments), metadata=meta)
+
+    def reload(self, params: ReloadParams, job: Job) -> StatusResult:
+        self.calls.append("reload:" + params.precision)
+        return StatusResult("success", f"Model reloaded with precision: {params.precision}")
+
+    def unload(self, job: Job) -> StatusResult:
+        self.calls.append("unload")
+        return StatusResult("success", "Model unloaded")
+
+    def preload(self, job: Job) -> None:
+        self.calls.append("preload")
+
+    def close(self) -> None:
+        self.closed = True

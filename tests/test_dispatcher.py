@@ -1,0 +1,351 @@
+"""Dispatcher and codec unit tests, in memory, with a fake engine (process-level tests use the real one)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from vibevoice_rpc.dispatcher import Dispatcher
+from vibevoice_rpc.transport import Oversized
+
+from .fake_engine import FakeEngine
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Wire:
+    """Collects what the dispatcher writes, as parsed JSON."""
+
+    def __init__(self) -> None:
+        self.raw: list[bytes] = []
+        self.cv = threading.Condition()
+
+    def write(self, data: bytes) -> bool:
+        assert b"\n" not in data
+        with self.cv:
+            self.raw.append(data)
+            self.cv.notify_all()
+        return True
+
+    @property
+    def messages(self) -> list:
+        with self.cv:
+            return [json.loads(r) for r in self.raw]
+
+    def wait_for(self, pred, timeout: float = 5.0):
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                for m in [json.loads(r) for r in self.raw]:
+                    if pred(m):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; got {self.raw!r}")
+                self.cv.wait(left)
+
+    def response(self, id_, timeout: float = 5.0):
+        return self.wait_for(lambda m: isinstance(m, dict) and m.get("id") == id_ and "method" not in m, timeout)
+
+    def responses(self) -> list:
+        return [m for m in self.messages if isinstance(m, list) or "method" not in m]
+
+
+@pytest.fixture
+def setup():
+    engine = FakeEngine()
+    wire = Wire()
+    d = Dispatcher(engine, wire.write, max_queue=2, max_line_bytes=100)
+    d.start()
+    yield d, engine, wire
+    d.close(timeout=1)
+
+
+def send(d: Dispatcher, obj) -> None:
+    d.handle_line(json.dumps(obj).encode() if not isinstance(obj, bytes) else obj)
+
+
+# --- JSON-RPC 2.0 specification examples ----------------------------------------------------
+
+
+def test_spec_parse_error_has_null_id(setup):
+    d, _, wire = setup
+    send(d, b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+    (m,) = wire.messages
+    assert m["id"] is None and m["error"]["code"] == -32700
+    assert '{"jsonrpc":"2.0","id":1,"method":"health"}' in m["error"]["message"]
+
+
+def test_spec_invalid_request_objects_get_null_id(setup):
+    d, _, wire = setup
+    send(d, {"foo": "boo"})
+    send(d, {"jsonrpc": "2.0", "method": 1, "params": "bar"})
+    assert [(m["id"], m["error"]["code"]) for m in wire.messages] == [(None, -32600)] * 2
+
+
+def test_spec_empty_batch_is_one_invalid_request(setup):
+    d, _, wire = setup
+    send(d, [])
+    (m,) = wire.messages
+    assert isinstance(m, dict) and m["error"]["code"] == -32600 and m["id"] is None
+
+
+def test_spec_batch_of_invalid_members(setup):
+    d, _, wire = setup
+    send(d, [1, 2, 3])
+    (batch,) = wire.messages
+    assert [e["error"]["code"] for e in batch] == [-32600] * 3
+
+
+def test_spec_invalid_batch_json(setup):
+    d, _, wire = setup
+    send(d, b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},{"jsonrpc": "2.0", "method"]')
+    (m,) = wire.messages
+    assert m["error"]["code"] == -32700
+
+
+def test_spec_mixed_batch(setup):
+    d, _, wire = setup
+    send(
+        d,
+        [
+            {"jsonrpc": "2.0", "method": "health", "id": "1"},
+            {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},
+            {"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": "2"},
+            {"foo": "boo"},
+            {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+        ],
+    )
+    (batch,) = wire.messages
+    by_id = {(m["id"], m.get("error", {}).get("code")) for m in batch}
+    assert by_id == {("1", None), ("2", -32601), (None, -32600), ("5", -32601)}
+
+
+def test_all_notification_batch_produces_no_output(setup):
+    d, _, wire = setup
+    send(d, [{"jsonrpc": "2.0", "method": "health"}, {"jsonrpc": "2.0", "method": "nope"}])
+    time.sleep(0.2)
+    assert wire.raw == []
+
+
+def test_notifications_are_never_answered_even_on_error(setup):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "2.0", "method": "nope"})
+    send(d, {"jsonrpc": "2.0", "method": "cancel", "params": {"wrong": 1}})
+    time.sleep(0.2)
+    assert wire.raw == []
+
+
+@pytest.mark.parametrize("id_", [0, -5, 12345678901234567890123, "abc", "", "ü🎙", 1.5, None])
+def test_id_is_echoed_exactly(setup, id_):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "2.0", "method": "health", "id": id_})
+    (m,) = wire.messages
+    assert m["id"] == id_ and type(m["id"]) is type(id_)
+    assert m["result"]["status"] == "ok"
+
+
+def test_invalid_request_echoes_readable_id(setup):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "1.0", "method": "health", "id": 9})
+    (m,) = wire.messages
+    assert m["id"] == 9 and m["error"]["code"] == -32600
+
+
+def test_invalid_params_names_the_field(setup):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "2.0", "id": 1, "method": "transcribe", "params": {"audio_path": 3}})
+    send(d, {"jsonrpc": "2.0", "id": 2, "method": "transcribe", "params": {}})
+    send(d, {"jsonrpc": "2.0", "id": 3, "method": "transcribe", "params": {"audio_path": "a", "precision": "fp64"}})
+    send(d, {"jsonrpc": "2.0", "id": 4, "method": "transcribe", "params": ["a.wav"]})
+    send(d, {"jsonrpc": "2.0", "id": 5, "method": "transcribe", "params": {"audio_path": "a", "max_new_tokens": 0}})
+    errs = {m["id"]: m["error"] for m in wire.messages}
+    assert all(e["code"] == -32602 for e in errs.values())
+    assert "audio_path" in errs[1]["message"] and errs[1]["data"]["field"] == "audio_path"
+    assert "audio_path" in errs[2]["message"] and errs[2]["data"]["field"] == "audio_path"
+    assert "precision" in errs[3]["message"]
+    assert "object" in errs[4]["message"]
+    assert "max_new_tokens" in errs[5]["message"]
+
+
+def test_method_not_found_lists_methods(setup):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "2.0", "id": 1, "method": "transcrbe"})
+    (m,) = wire.messages
+    assert m["error"]["code"] == -32601 and "transcribe" in m["error"]["data"]["available"]
+
+
+def test_oversized_line_answered_with_its_id(setup):
+    d, _, wire = setup
+    d.handle_line(Oversized(size=500, head=b'{"jsonrpc":"2.0","id":77,"method":"transcribe","params":{"x":"', tail=b'aaaa"}}'))
+    d.handle_line(Oversized(size=500, head=b'{"jsonrpc":"2.0","params":{"id":5,"x":"', tail=b'aa"},"id":"tail-id"}'))
+    d.handle_line(Oversized(size=500, head=b"garbage", tail=b"garbage"))
+    ids = [(m["id"], m["error"]["code"]) for m in wire.messages]
+    assert ids == [(77, -32009), ("tail-id", -32009), (None, -32009)]
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def transcribe(d, id_, path="a.wav"):
+    send(d, {"jsonrpc": "2.0", "id": id_, "method": "transcribe", "params": {"audio_path": path}})
+
+
+def test_transcribe_streams_progress_and_segments_before_result(setup):
+    d, _, wire = setup
+    transcribe(d, 1)
+    res = wire.response(1)
+    msgs = wire.messages
+    kinds = [(m.get("method"), m.get("params", {}).get("stage")) for m in msgs]
+    assert kinds[0] == ("progress", "queued")
+    assert ("progress", "loading_audio") in kinds
+    segs = [m["params"] for m in msgs if m.get("method") == "segment"]
+    assert [s["index"] for s in segs] == [0, 1] and all(s["id"] == 1 for s in segs)
+    assert msgs.index(res) == len(msgs) - 1
+    assert res["result"]["status"] == "success" and len(res["result"]["segments"]) == 2
+
+
+def test_engine_errors_become_specific_codes_and_internal_errors(setup):
+    d, _, wire = setup
+    transcribe(d, 1, "missing.wav")
+    transcribe(d, 2, "boom.wav")
+    assert wire.response(1)["error"]["code"] == -32001
+    err = wire.response(2)["error"]
+    assert err["code"] == -32603 and "boom" in err["message"]
+    transcribe(d, 3)  # the worker survived
+    assert wire.response(3)["result"]["status"] == "success"
+
+
+def test_health_answers_while_a_job_runs(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    send(d, {"jsonrpc": "2.0", "id": "h", "method": "health"})
+    h = wire.response("h", timeout=1)
+    assert h["result"]["status"] == "ok"
+    engine.gate.set()
+    wire.response(1)
+
+
+def test_cancel_queued_job_answers_at_once(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    transcribe(d, 2)
+    send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": 2}})
+    assert wire.response("c")["result"] == {"cancelled": True}
+    err = wire.response(2)["error"]
+    assert err["code"] == -32800 and err["data"]["kind"] == "cancelled" and err["data"]["segments"] == []
+    engine.gate.set()
+    assert wire.response(1)["result"]["status"] == "success"
+    assert engine.calls == ["a.wav"]
+
+
+def test_cancel_running_job_keeps_segments_so_far(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, "t")
+    assert engine.started.wait(5)
+    send(d, {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": "t"}})
+    err = wire.response("t")["error"]
+    assert err["code"] == -32800
+    assert err["data"]["segments"] == [{"speaker": "Speaker_0", "start_time": 0.0, "end_time": 1.0, "text": "hello"}]
+    send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": "t"}})
+    assert wire.response("c")["result"] == {"cancelled": False}
+
+
+def test_queue_overflow_is_busy(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    for i in (2, 3, 4):
+        transcribe(d, i)
+    err = wire.response(4)["error"]
+    assert err["code"] == -32007 and err["data"]["kind"] == "busy"
+    engine.gate.set()
+    for i in (1, 2, 3):
+        assert wire.response(i)["result"]["status"] == "success"
+
+
+def test_duplicate_pending_id_is_refused(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    transcribe(d, 1)
+    err = wire.wait_for(lambda m: m.get("id") == 1 and "error" in m)["error"]
+    assert err["data"]["kind"] == "duplicate_id"
+    engine.gate.set()
+    assert wire.wait_for(lambda m: m.get("id") == 1 and "result" in m)
+
+
+def test_batch_waits_for_all_members(setup):
+    d, engine, wire = setup
+    send(
+        d,
+        [
+            {"jsonrpc": "2.0", "id": 1, "method": "transcribe", "params": {"audio_path": "a.wav"}},
+            {"jsonrpc": "2.0", "id": 2, "method": "health"},
+            {"jsonrpc": "2.0", "id": 3, "method": "reload_model", "params": {"precision": "bf16"}},
+        ],
+    )
+    batch = wire.wait_for(lambda m: isinstance(m, list))
+    assert sorted(m["id"] for m in batch) == [1, 2, 3]
+    assert engine.calls == ["a.wav", "reload:bf16"]
+
+
+def test_shutdown_cancels_running_and_queued_work(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    transcribe(d, 2)
+    send(d, {"jsonrpc": "2.0", "id": "s", "method": "shutdown"})
+    assert wire.response("s")["result"]["status"] == "ok"
+    assert d.stopping.is_set()
+    d.close(timeout=2)
+    assert wire.response(1)["error"]["code"] == -32800
+    assert wire.response(2)["error"]["code"] == -32800
+    send(d, {"jsonrpc": "2.0", "id": 9, "method": "transcribe", "params": {"audio_path": "a.wav"}})
+    assert wire.response(9)["error"]["code"] == -32008
+
+
+def test_close_answers_a_stuck_job_exactly_once(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    engine.transcribe_orig = engine.transcribe
+
+    def stuck(params, job):  # ignores cancel, like a long native prefill
+        engine.started.set()
+        time.sleep(1.0)
+        return engine.transcribe_orig(params, job)
+
+    engine.transcribe = stuck
+    d._methods["transcribe"] = d._methods["transcribe"].__class__(
+        d._methods["transcribe"].params, stuck, True
+    )
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    d.close(timeout=0.2)
+    assert wire.response(1)["error"]["code"] == -32800
+    time.sleep(1.5)  # the worker finishes later: its second answer is suppressed
+    assert len([m for m in wire.messages if m.get("id") == 1]) == 1
+
+
+def test_progress_is_rate_limited_and_heartbeats(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1)
+    assert engine.started.wait(5)
+    time.sleep(2.2)
+    engine.gate.set()
+    wire.response(1)
+    stamps = [m for m in wire.messages if m.get("method") == "progress" and m["params"]["stage"] == "loading_audio"]
+    assert len(stamps) >= 3  # the first report plus at least two heartbeats in 2.2 s
+    assert len(stamps) <= 6

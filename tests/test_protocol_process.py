@@ -1,0 +1,152 @@
+"""Process-level protocol tests: the real program over pipes (no model needed for these)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .rpc_client import RpcProcess, server_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_ready_comes_first_before_torch_is_imported():
+    with RpcProcess(env=server_env(VIBEVOICE_LOG_LEVEL="DEBUG")) as p:
+        ready = p.wait_for(lambda m: True, timeout=30)
+        assert ready["method"] == "ready" and "id" not in ready
+        assert set(ready["params"]) == {"version", "protocol", "pid"}
+        assert ready["params"]["pid"] == p.proc.pid
+        p.call("health", timeout=30)
+        assert "torch imported: False" in p.stderr
+
+
+def test_health_fields_match_the_app_contract():
+    with RpcProcess() as p:
+        h = p.call("health", timeout=30)["result"]
+        assert h["status"] == "ok"
+        assert isinstance(h["model_loaded"], bool) and isinstance(h["gpu_available"], bool)
+        assert h["vram_used_mb"] is None and h["vram_total_mb"] is None  # no GPU here
+        assert h["state"] in {"starting", "idle"} and h["queue_length"] == 0
+        assert h["precision"] == "fp16" and h["version"]
+
+
+def test_spec_examples_and_batches_over_pipes():
+    with RpcProcess() as p:
+        p.send_raw(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]\n')
+        p.send_raw(b"[]\n")
+        p.send_raw(b"[1,2,3]\n")
+        p.send_raw(b'{"foo":"boo"}\n')
+        p.send_raw(b'{"jsonrpc":"2.0","method":1}\n')
+        p.send_raw(b'[{"jsonrpc":"2.0","method":"health"},{"jsonrpc":"2.0","method":"x"}]\n')
+        p.send_raw(b'{"jsonrpc":"2.0","method":"health"}\r\n\r\n   \n')
+        p.send_raw(b'[{"jsonrpc":"2.0","method":"health","id":"a"},{"jsonrpc":"2.0","method":"nope","id":"b"}]\n')
+        batch = p.wait_for(lambda m: isinstance(m, list) and len(m) == 2)
+        assert {m["id"] for m in batch} == {"a", "b"}
+        out = [m for m in p.messages if isinstance(m, dict) and m.get("method") != "ready"]
+        assert [m["error"]["code"] for m in out[:4]] == [-32700, -32600, -32600, -32600]
+        assert all(m["id"] is None for m in out[:4])
+        assert [len(m) for m in p.messages if isinstance(m, list)] == [3, 2]
+
+
+def test_invalid_utf8_and_binary_garbage_are_parse_errors():
+    with RpcProcess() as p:
+        p.send_raw(b"\xff\xfe\x00garbage\n")
+        p.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"health","params":{"x":"\xc3\x28"}}\n')
+        p.send_raw(b"hello there\n")
+        h = p.call("health", timeout=30)
+        assert h["result"]["status"] == "ok"
+        errs = [m for m in p.messages if isinstance(m, dict) and "error" in m]
+        assert [e["error"]["code"] for e in errs] == [-32700, -32700, -32700]
+        assert '{"jsonrpc":"2.0","id":1,"method":"health"}' in errs[-1]["error"]["message"]
+
+
+def test_non_ascii_is_utf8_on_the_wire():
+    with RpcProcess() as p:
+        p.request("transcribe", {"audio_path": "/nicht/da/Müller Besprechung 🎙.wav"}, id_="ü")
+        r = p.response("ü", timeout=60)
+        assert r["error"]["code"] == -32001 and "Müller Besprechung 🎙.wav" in r["error"]["message"]
+        raw = [line for line in p.raw if "Müller".encode() in line]
+        assert raw and all(line.endswith(b"\n") and b"\r" not in line for line in p.raw)
+
+
+def test_sixteen_mb_line_is_served_and_a_longer_one_is_refused_with_its_id():
+    with RpcProcess() as p:
+        pad = "a" * (16 * 1000 * 1000)
+        p.send_raw(json.dumps({"jsonrpc": "2.0", "id": "big", "method": "health", "params": {"pad": pad}}).encode() + b"\n")
+        assert p.response("big", timeout=60)["result"]["status"] == "ok"
+        huge = "a" * (17 * 1024 * 1024)
+        p.send_raw(b'{"jsonrpc":"2.0","id":"huge","method":"health","params":{"pad":"' + huge.encode() + b'"}}\n')
+        err = p.response("huge", timeout=60)["error"]
+        assert err["code"] == -32009 and err["data"]["limit"] >= 16 * 1000 * 1000
+        assert p.call("health", timeout=30)["result"]["status"] == "ok"
+
+
+def test_shutdown_answers_then_exits_zero():
+    with RpcProcess() as p:
+        r = p.call("shutdown", timeout=30)
+        assert r["result"]["status"] == "ok"
+        assert p.wait_exit(10) == 0
+
+
+def test_stdin_eof_exits_zero_quickly():
+    with RpcProcess() as p:
+        p.wait_for(lambda m: m.get("method") == "ready", timeout=30)
+        t0 = time.monotonic()
+        p.close_stdin()
+        assert p.wait_exit(10) == 0
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_sigterm_exits_zero():
+    with RpcProcess() as p:
+        p.call("health", timeout=30)
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait_exit(10) == 0
+        assert "SIGTERM" in p.stderr
+
+
+def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
+    """The orphan guard: the app died without closing our stdin."""
+    r, w = os.pipe()
+    launcher = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'vibevoice_rpc'], stdin=int(sys.argv[1]),"
+        " stdout=subprocess.DEVNULL, stderr=open(sys.argv[2], 'wb'), pass_fds=(int(sys.argv[1]),))\n"
+        "print(p.pid, flush=True)\n"
+        "import time; time.sleep(3)\n"  # let it start, then die without closing anything
+    )
+    log = tmp_path / "stderr.txt"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher, str(r), str(log)],
+        stdout=subprocess.PIPE,
+        env=server_env(),
+        pass_fds=(r,),
+    )
+    child = int(parent.stdout.readline())
+    os.close(r)
+    parent.wait(30)
+    t0 = time.monotonic()
+    try:
+        while _alive(child) and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert not _alive(child), "server outlived its parent"
+        assert time.monotonic() - t0 < 3.0
+        assert "parent process" in log.read_text()
+    finally:
+        os.close(w)
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
