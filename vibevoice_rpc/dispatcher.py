@@ -146,13 +146,13 @@ class Job:
         method: str,
         params: Any,
         reply: Reply | None,
-        notify: Callable[[str, Any], None],
+        notify: Callable[[str, Any], None] | None,
     ) -> None:
         self.id = id_
         self.method = method
         self.params = params
         self.reply = reply
-        self._notify = notify if reply is not None and reply._sink is not None else None
+        self._notify = notify  # None: nobody listens (notifications, preload)
         self.cancel_event = threading.Event()
         self.cancel_reason = "cancelled"
         self.segments: list[Segment] = []
@@ -283,7 +283,7 @@ class Dispatcher:
         self._worker.start()
         self._ticker.start()
         if preload:
-            job = Job(None, "preload", None, None, self._notify)
+            job = Job(None, "preload", None, None, None)
             with self._cv:
                 self._queue.append(job)
                 self._cv.notify()
@@ -392,7 +392,8 @@ class Dispatcher:
             return
         if self.stopping.is_set():
             raise ShuttingDown("The server is shutting down", reason=self.stop_reason)
-        job = Job(reply.id, request.method, params, reply, self._notify)
+        listening = reply._sink is not None
+        job = Job(reply.id, request.method, params, reply, self._notify if listening else None)
         with self._cv:
             if len(self._queue) >= self._max_queue:
                 raise ServerBusy(

@@ -1,0 +1,185 @@
+"""A whole transcription: windows over the audio, streamed segments with global speaker labels, metadata."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
+from .windows import TimedSpeech, Window, link_speakers, plan_windows
+
+if TYPE_CHECKING:
+    from .audio import DecodedAudio
+    from .dispatcher import Job
+    from .engine import _Loaded
+
+__all__ = ["transcribe_audio", "speaker_number"]
+
+log = logging.getLogger(__name__)
+
+WINDOW_OVERLAP_SECONDS = 10.0
+SAMPLE_RATE = 24000
+_SPEAKER_RE = re.compile(r"(-?\d+)")
+
+
+def speaker_number(label: str) -> int:
+    """The number in a ``Speaker_<n>`` label (the app colours speakers by it)."""
+    match = _SPEAKER_RE.search(label)
+    return int(match.group(1)) if match else 0
+
+
+class _Stitcher:
+    """Turns each window's local segments into global ones, streaming them as soon as they are final."""
+
+    def __init__(self, job: Job, duration: float) -> None:
+        self.job = job
+        self.duration = duration
+        self.segments: list[Segment] = []
+        self.notes: list[str] = []
+        self._next_id = 0
+        self._window: Window | None = None
+        self._mapping: dict[int, int] | None = None
+        self._buffer: list[Segment] = []
+        self._last = False
+
+    def start_window(self, window: Window, last: bool) -> None:
+        self._window, self._last, self._buffer = window, last, []
+        self._mapping = {} if window.index == 0 else None
+
+    def add(self, local: Segment) -> None:
+        window = self._window
+        assert window is not None
+        seg = Segment(
+            speaker=local.speaker,
+            start_time=round(min(self.duration, local.start_time + window.start), 3),
+            end_time=round(min(self.duration, local.end_time + window.start), 3),
+            text=local.text,
+        )
+        if self._mapping is None:
+            self._buffer.append(seg)
+            if seg.start_time >= window.core_start:
+                self._link()
+            return
+        self._emit(seg)
+
+    def end_window(self) -> None:
+        if self._mapping is None:
+            self._link()
+
+    def _link(self) -> None:
+        window = self._window
+        assert window is not None
+        shared = (window.start, window.core_start)
+        previous = [
+            TimedSpeech(speaker_number(s.speaker), s.start_time, s.end_time)
+            for s in self.segments
+            if s.end_time > window.start
+        ]
+        current = [
+            TimedSpeech(speaker_number(s.speaker), s.start_time, s.end_time) for s in self._buffer
+        ]
+        self._mapping, notes = link_speakers(previous, current, shared, self._next_id)
+        self.notes.extend(notes)
+        buffered, self._buffer = self._buffer, []
+        for seg in buffered:
+            self._emit(seg)
+
+    def _emit(self, seg: Segment) -> None:
+        window = self._window
+        assert window is not None and self._mapping is not None
+        mid = (seg.start_time + seg.end_time) / 2
+        if mid < window.core_start or (mid >= window.core_end and not self._last):
+            return  # belongs to the neighbouring window
+        local = speaker_number(seg.speaker)
+        if local not in self._mapping:
+            self._mapping[local] = local if window.index == 0 else self._next_id
+        glob = self._mapping[local]
+        self._next_id = max(self._next_id, glob + 1)
+        final = Segment(f"Speaker_{glob}", seg.start_time, seg.end_time, seg.text)
+        self.segments.append(final)
+        self.job.add_segment(final)
+        if self.duration > 0:
+            self.job.report("transcribing", final.end_time / self.duration)
+
+
+def transcribe_audio(
+    loaded: _Loaded, audio: DecodedAudio, params: TranscribeParams, job: Job
+) -> TranscribeResult:
+    """Run the model over ``audio`` (window by window when long) and build the app's result."""
+    from .audio import quiet_split_points
+    from .generation import WindowRun, build_prompt, run_window, token_budget
+    from .transcript import detect_language
+
+    duration = audio.duration
+    samples = audio.samples
+
+    def splits(step: float) -> list[float]:
+        points = quiet_split_points(samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4))
+        return [p / SAMPLE_RATE for p in points]
+
+    windows = plan_windows(duration, loaded.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
+    prompt = build_prompt(params.hotwords, params.context, params.language)
+    stitcher = _Stitcher(job, duration)
+    warnings: list[str] = []
+    truncated = repetition = False
+    budget_left = params.max_new_tokens
+    generated = budget_total = 0
+    for window in windows:
+        job.check_cancelled()
+        last = window.index == len(windows) - 1
+        stitcher.start_window(window, last)
+        lo, hi = round(window.start * SAMPLE_RATE), round(window.end * SAMPLE_RATE)
+        label = f" (window {window.index + 1}/{len(windows)})" if len(windows) > 1 else ""
+        budget = token_budget(window.end - window.start, budget_left, None)
+        run = WindowRun(
+            samples=samples[lo:hi],
+            duration=window.end - window.start,
+            prompt=prompt,
+            max_new_tokens=budget,
+            check_cancelled=job.check_cancelled,
+            is_cancelled=lambda: job.cancelled,
+            on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
+            on_first_token=lambda label=label: job.report(
+                "transcribing", window.start / duration if duration else 0.0, "transcribing" + label
+            ),
+            on_segment=stitcher.add,
+        )
+        result = run_window(loaded.model, loaded.processor, run, loaded.device)
+        stitcher.end_window()
+        generated += result.generated_tokens
+        budget_total += budget
+        if budget_left is not None:
+            budget_left = max(1, budget_left - result.generated_tokens)
+        job.check_cancelled()
+        truncated = truncated or result.parsed.truncated or result.budget_exhausted
+        repetition = repetition or result.repetition_stopped
+        warnings.extend(label.strip() + " " + w if label else w for w in result.warnings)
+        warnings.extend(result.parsed.warnings)
+    job.report("finalizing", 0.0, "finalizing")
+    segments = stitcher.segments
+    text = " ".join(s.text for s in segments)
+    if params.language and params.language.lower() != "auto":
+        language = params.language
+    else:
+        language = detect_language(text)
+    metadata = Metadata(
+        duration=round(duration, 3),
+        language=language,
+        processing_time=0.0,
+        model_precision=loaded.precision,
+        num_speakers=len({s.speaker for s in segments}),
+        device=loaded.device,
+        model=loaded.source,
+        truncated=truncated,
+        repetition_stopped=repetition,
+        warnings=warnings + stitcher.notes,
+        windows=len(windows),
+        max_new_tokens=budget_total,
+        generated_tokens=generated,
+        plan=loaded.plan,
+    )
+    job.report("finalizing", 1.0, f"{len(segments)} segments")
+    return TranscribeResult(segments=segments, metadata=metadata)
+
+
