@@ -1,0 +1,201 @@
+"""Benchmark audio decoding: ``load_audio`` against the ffmpeg command line, and its peak memory.
+
+Run by hand::
+
+    python bench/bench_audio.py            # 10 min of 16 kHz mono Opus at 64 kbit/s (and M4A)
+    python bench/bench_audio.py --long     # also 60 min
+
+The input is what the app records: 16 kHz mono Opus, libopus 64 kbit/s, VoIP mode, made from two
+espeak-ng voices joined by sox and looped (synthetic tones and noise when those are missing). For
+each file it prints the median wall time of ``load_audio`` (default threads, and one thread), of
+``ffmpeg -i X -ac 1 -ar 24000 -f f32le -`` read fully through a pipe, their ratio measured in the
+same run, and the peak RSS of ``load_audio`` in a fresh process (high-water mark minus a baseline
+taken after imports and a warm-up decode) divided by the output array's size. Goals: ratio <= 1.0,
+peak RSS <= 2x the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vibevoice_rpc.audio import find_ffmpeg, load_audio  # noqa: E402
+
+TEXT_A = (
+    "Good morning everyone, thanks for joining. Let's go through the numbers for the third "
+    "quarter first, and then talk about the roadmap for next year."
+)
+TEXT_B = (
+    "Thanks. Revenue is up eleven percent, mostly from the new region. Costs were flat, but "
+    "hiring is behind plan, so we should discuss that before the roadmap."
+)
+
+RSS_SCRIPT = r"""
+import json, os, resource, sys
+sys.path.insert(0, sys.argv[1])
+from vibevoice_rpc.audio import load_audio
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+
+def maxrss():
+    # ru_maxrss survives exec (a child starts with its parent's peak), so prefer Linux's per-process
+    # high-water mark VmHWM, which "5 > /proc/self/clear_refs" resets to the current RSS.
+    if os.path.exists("/proc/self/clear_refs"):
+        return status("VmHWM")
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+load_audio(sys.argv[2])  # warm-up: libraries loaded, code paged in
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    method = "VmHWM after clear_refs"
+except OSError:
+    method = "ru_maxrss"
+base = maxrss()
+audio = load_audio(sys.argv[3])
+print(json.dumps({"base": base, "peak": maxrss(), "out": audio.samples.nbytes, "method": method}))
+"""
+
+
+def run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, timeout=1800)
+
+
+def make_conversation(work: Path, ffmpeg: str) -> Path:
+    """~20 s of two synthetic speakers at 16 kHz mono, or tones and noise without espeak/sox."""
+    out = work / "conversation.wav"
+    if out.exists():
+        return out
+    espeak, sox = shutil.which("espeak-ng"), shutil.which("sox")
+    if espeak and sox:
+        run([espeak, "-v", "en-us", "-w", str(work / "a.wav"), TEXT_A])
+        run([espeak, "-v", "en-gb+f3", "-w", str(work / "b.wav"), TEXT_B])
+        run([sox, str(work / "a.wav"), str(work / "b.wav"), "-r", "16000", "-c", "1", str(out)])
+    else:
+        src = "sine=f=220:r=16000:d=20,volume='gt(sin(2*PI*0.7*t),-0.2)':eval=frame"
+        run([ffmpeg, "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i", src, str(out)])
+    return out
+
+
+def make_input(work: Path, ffmpeg: str, minutes: int, fmt: str) -> Path:
+    path = work / f"meeting_{minutes}min.{fmt}"
+    if path.exists():
+        return path
+    conv = make_conversation(work, ffmpeg)
+    codec = (
+        ["-c:a", "libopus", "-b:a", "64k", "-application", "voip"]
+        if fmt == "opus"
+        else ["-c:a", "aac", "-b:a", "64k"]
+    )
+    print(f"  making {path.name} …", flush=True)
+    cmd = [ffmpeg, "-nostdin", "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(conv)]
+    run([*cmd, "-t", str(minutes * 60), "-ac", "1", "-ar", "16000", *codec, str(path)])
+    return path
+
+
+def time_ffmpeg(ffmpeg: str, path: Path) -> float:
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
+    cmd += ["-ac", "1", "-ar", "24000", "-f", "f32le", "-"]
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, bufsize=0)
+    while proc.stdout.readinto(buf):
+        pass
+    proc.wait()
+    return time.perf_counter() - t0
+
+
+def time_load(path: Path, threads: str | None) -> float:
+    old = os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
+    if threads:
+        os.environ["VIBEVOICE_AUDIO_THREADS"] = threads
+    try:
+        t0 = time.perf_counter()
+        load_audio(path, max_seconds=1e9)
+        return time.perf_counter() - t0
+    finally:
+        os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
+        if old is not None:
+            os.environ["VIBEVOICE_AUDIO_THREADS"] = old
+
+
+def peak_rss(path: Path, warmup: Path) -> dict:
+    cmd = [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(warmup), str(path)]
+    env = {**os.environ, "VIBEVOICE_MAX_AUDIO_SECONDS": "1e9"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(path: Path, ffmpeg: str, reps: int, warmup: Path) -> None:
+    rss = peak_rss(path, warmup)  # first, in case the fallback ru_maxrss inherits our peak
+    load_audio(path, max_seconds=1e9)  # page cache warm for both sides
+    time_ffmpeg(ffmpeg, path)
+    ours, single, theirs = [], [], []
+    for _ in range(reps):  # interleaved, so drift hits both alike
+        ours.append(time_load(path, None))
+        theirs.append(time_ffmpeg(ffmpeg, path))
+        single.append(time_load(path, "1"))
+    o, s, t = (statistics.median(v) for v in (ours, single, theirs))
+    extra = rss["peak"] - rss["base"]
+    mb = 1024 * 1024
+    print(f"{path.name}  ({path.stat().st_size / mb:.1f} MB, {reps} reps, medians)")
+    print(f"  load_audio (default threads) {o:7.2f} s")
+    print(f"  load_audio (1 thread)        {s:7.2f} s")
+    print(f"  ffmpeg -ac 1 -ar 24000 f32le {t:7.2f} s")
+    print(f"  ratio load_audio / ffmpeg    {o / t:7.2f}x   (1 thread: {s / t:.2f}x)")
+    print(
+        f"  peak RSS over baseline       {extra / mb:7.1f} MB for a {rss['out'] / mb:.1f} MB output"
+        f" array = {extra / rss['out']:.2f}x  ({rss['method']})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--long", action="store_true", help="also benchmark 60 minutes")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--formats", default="opus,m4a", help="comma-separated: opus, m4a")
+    parser.add_argument(
+        "--workdir", default=str(Path(tempfile.gettempdir()) / "vibevoice-bench-audio")
+    )
+    args = parser.parse_args()
+    ffmpeg = find_ffmpeg()
+    if ffmpeg is None:
+        sys.exit("ffmpeg not found: install it or set VIBEVOICE_FFMPEG")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout
+    import soundfile
+    import soxr
+
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, soundfile "
+        f"{soundfile.__version__} (libsndfile {soundfile.__libsndfile_version__}), soxr "
+        f"{soxr.__version__}, {version.splitlines()[0]}"
+    )
+    warmup = ROOT / "vibevoice_rpc" / "data" / "two_speakers.opus"
+    for minutes in [10, 60] if args.long else [10]:
+        for fmt in args.formats.split(","):
+            bench(make_input(work, ffmpeg, minutes, fmt.strip()), ffmpeg, args.reps, warmup)
+
+
+if __name__ == "__main__":
+    main()

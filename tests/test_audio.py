@@ -1,0 +1,698 @@
+"""Audio input: every format to 24 kHz mono float32, exact durations, paths, the bad-file corpus,
+limits, cancellation, the ffmpeg lookup, and where long audio is split."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vibevoice_rpc import audio
+from vibevoice_rpc.audio import (
+    TARGET_RATE,
+    DecodedAudio,
+    find_ffmpeg,
+    load_audio,
+    quiet_split_points,
+)
+from vibevoice_rpc.errors import AudioDecodeError, AudioFileError, AudioTooLong
+
+pytestmark = pytest.mark.timeout(60)
+
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(
+    FFMPEG is None, reason="ffmpeg not found on PATH (apt-get install ffmpeg); M4A needs it"
+)
+SAMPLE = Path(audio.__file__).parent / "data" / "two_speakers.opus"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("VIBEVOICE_FFMPEG", "VIBEVOICE_MAX_AUDIO_SECONDS", "VIBEVOICE_AUDIO_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1, amp: float = 0.5):
+    t = np.arange(round(rate * seconds)) / rate
+    cols = [amp / (c + 1) * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)]
+    x = np.stack(cols, axis=1).astype(np.float32)
+    return x[:, 0].copy() if channels == 1 else x
+
+
+def speechlike(rate: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Tones gated on and off with noise: something lossy codecs treat like a recording."""
+    rng = np.random.default_rng(seed)
+    n = round(rate * seconds)
+    t = np.arange(n) / rate
+    env = (np.sin(2 * np.pi * 1.3 * t) > -0.3).astype(np.float32)
+    base = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(n)
+    x = (base * env).astype(np.float32)
+    return x if channels == 1 else np.stack([x, 0.5 * x], axis=1)
+
+
+def write_m4a(src: Path, dst: Path, *extra: str) -> Path:
+    cmd = [FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-i", str(src), *extra]
+    subprocess.run([*cmd, "-c:a", "aac", "-b:a", "96k", str(dst)], check=True, timeout=30)
+    return dst
+
+
+def assert_model_ready(a: DecodedAudio) -> None:
+    assert a.samples.dtype == np.float32
+    assert a.samples.ndim == 1
+    assert a.samples.flags.c_contiguous
+    assert a.sample_rate == TARGET_RATE == 24000
+    assert a.duration == len(a.samples) / TARGET_RATE
+    assert np.isfinite(a.samples).all()
+
+
+# --- formats --------------------------------------------------------------------------------------
+
+FORMATS = [
+    # name, kwargs for soundfile.write, rate, channels, lossless
+    ("pcm16_16k.wav", {"subtype": "PCM_16"}, 16000, 1, True),
+    ("pcm32_8k.wav", {"subtype": "PCM_32"}, 8000, 1, True),
+    ("float_44k_stereo.wav", {"subtype": "FLOAT"}, 44100, 2, True),
+    ("pcm24_48k.flac", {"subtype": "PCM_24"}, 48000, 2, True),
+    ("vorbis_44k.ogg", {"format": "OGG", "subtype": "VORBIS"}, 44100, 2, False),
+    ("opus_16k.opus", {"format": "OGG", "subtype": "OPUS"}, 16000, 1, False),
+    ("opus_48k_stereo.opus", {"format": "OGG", "subtype": "OPUS"}, 48000, 2, False),
+    ("mp3_44k.mp3", {"format": "MP3", "subtype": "MPEG_LAYER_III"}, 44100, 2, False),
+    ("pcm16_24k.wav", {"subtype": "PCM_16"}, 24000, 1, True),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "rate", "channels", "lossless"), FORMATS)
+def test_every_soundfile_format_decodes_to_24k_mono_float32(
+    tmp_path, name, kwargs, rate, channels, lossless
+):
+    x = speechlike(rate, 1.7, channels)
+    path = tmp_path / name
+    sf.write(path, x, rate, **kwargs)
+    a = load_audio(path)
+    assert_model_ready(a)
+    assert a.decoder == "soundfile"
+    assert (a.source_rate, a.source_channels) == (rate, channels)
+    assert a.warnings == []
+    n_in = sf.info(str(path)).frames
+    assert len(a.samples) == round(n_in * 24000 / rate)  # duration preserved to the sample
+    assert abs(a.duration - 1.7) < (1e-4 if lossless else 0.03)
+
+
+@needs_ffmpeg
+def test_m4a_decodes_through_ffmpeg(tmp_path):
+    wav = tmp_path / "src.wav"
+    sf.write(wav, speechlike(44100, 2.0, 2), 44100)
+    a = load_audio(write_m4a(wav, tmp_path / "memo.m4a"))
+    assert_model_ready(a)
+    assert (a.decoder, a.source_rate, a.source_channels) == ("ffmpeg", 44100, 2)
+    assert a.warnings == []
+    assert abs(a.duration - 2.0) < 0.03  # AAC pads to whole 1024-sample frames
+
+
+@needs_ffmpeg
+def test_durations_agree_across_formats_within_a_few_ms(tmp_path):
+    rate = 48000  # a rate every writer here accepts, Opus included
+    x = speechlike(rate, 2.5, 2)
+    paths = []
+    for name, kwargs, *_ in FORMATS:
+        if name.endswith("24k.wav"):
+            continue
+        path = tmp_path / name.split("_")[0]
+        path = path.with_suffix(Path(name).suffix)
+        sf.write(path, x, rate, **kwargs)
+        paths.append(path)
+    paths.append(write_m4a(paths[0], tmp_path / "same.m4a"))
+    durations = {p.name: load_audio(p).duration for p in paths}
+    assert max(durations.values()) - min(durations.values()) < 0.025, durations
+    assert abs(durations["pcm16.wav"] - 2.5) < 1e-9
+
+
+def test_app_recording_sample_decodes(tmp_path):
+    a = load_audio(SAMPLE)
+    assert_model_ready(a)
+    assert (a.source_rate, a.source_channels, a.decoder) == (16000, 1, "soundfile")
+    assert abs(a.duration - sf.info(str(SAMPLE)).duration) < 1e-3
+    assert np.sqrt(np.mean(a.samples**2)) > 0.01  # real speech, not silence
+
+
+# --- content --------------------------------------------------------------------------------------
+
+
+def test_resampling_keeps_a_1khz_sine_at_1khz(tmp_path):
+    path = tmp_path / "sine16k.wav"
+    sf.write(path, tone(16000, 2.0, 1000.0, amp=0.5), 16000, subtype="FLOAT")
+    a = load_audio(path)
+    assert len(a.samples) == 48000
+    spectrum = np.abs(np.fft.rfft(a.samples * np.hanning(len(a.samples))))
+    peak_hz = np.argmax(spectrum) * TARGET_RATE / len(a.samples)
+    assert abs(peak_hz - 1000.0) <= TARGET_RATE / len(a.samples)
+    middle = a.samples[2400:-2400]  # away from the resampler's edges
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.5 / np.sqrt(2)) < 0.005
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000])
+def test_output_length_is_exactly_rounded_for_any_rate_and_odd_length(tmp_path, rate):
+    n = rate * 3 // 2 + 7
+    path = tmp_path / f"odd_{rate}.wav"
+    sf.write(path, tone(rate, n / rate), rate, subtype="FLOAT")
+    a = load_audio(path)
+    assert len(a.samples) == round(n * 24000 / rate)
+    # the resampled tone has no dropout at the end (the last samples are not padding)
+    assert np.abs(a.samples[-200:-5]).max() > 0.3
+
+
+def test_downmix_averages_the_channels(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, (24000, 3)).astype(np.float32)
+    path = tmp_path / "three.wav"
+    sf.write(path, x, 24000, subtype="FLOAT")  # 24 kHz: no resampling, the exact mean comes out
+    a = load_audio(path)
+    assert a.source_channels == 3
+    np.testing.assert_allclose(a.samples, x.mean(axis=1), atol=1e-7)
+
+
+def test_opposite_channels_cancel_to_silence(tmp_path):
+    x = tone(16000, 1.0)
+    path = tmp_path / "phase.wav"
+    sf.write(path, np.stack([x, -x], axis=1), 16000, subtype="FLOAT")
+    assert np.abs(load_audio(path).samples).max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("subtype", "dtype", "values", "expected"),
+    [
+        ("PCM_16", np.int16, [0, 16384, -32768, 32767], [0.0, 0.5, -1.0, 32767 / 32768]),
+        ("PCM_32", np.int32, [0, 2**30, -(2**31), 2**31 - 1], [0.0, 0.5, -1.0, 1.0]),
+    ],
+)
+def test_integer_samples_scale_to_plus_minus_one(tmp_path, subtype, dtype, values, expected):
+    path = tmp_path / f"{subtype}.wav"
+    data = np.repeat(np.array(values, dtype=dtype), 100)  # 24 kHz: values pass through unchanged
+    sf.write(path, data, 24000, subtype=subtype)
+    a = load_audio(path)
+    np.testing.assert_allclose(a.samples[::100], expected, atol=1e-6)
+
+
+def test_silence_is_not_an_error(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(16000 * 3, np.int16), 16000)
+    a = load_audio(path)
+    assert a.duration == 3.0
+    assert not a.samples.any()
+    assert a.warnings == []
+
+
+# --- long files: parallel parts -------------------------------------------------------------------
+
+
+@pytest.fixture
+def parallel(monkeypatch):
+    """Split even short files into parts, so the parallel path runs in a fast test."""
+    monkeypatch.setattr(audio, "_PARALLEL_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio, "_PART_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio, "_OVERLAP_SECONDS", 0.5)
+    calls = []
+    real = audio._decode_parts
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(audio, "_decode_parts", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "channels", "kwargs"),
+    [
+        ("p.opus", 16000, 1, {"format": "OGG", "subtype": "OPUS"}),
+        ("p.flac", 44100, 2, {}),
+        ("p.ogg", 22050, 1, {"format": "OGG", "subtype": "VORBIS"}),
+        ("p.wav", 48000, 2, {"subtype": "PCM_16"}),
+    ],
+)
+def test_parallel_parts_join_seamlessly(
+    tmp_path, monkeypatch, parallel, name, rate, channels, kwargs
+):
+    path = tmp_path / name
+    sf.write(path, speechlike(rate, 9.3, channels), rate, **kwargs)
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    split = load_audio(path)
+    assert parallel == [True]
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "1")
+    whole = load_audio(path)
+    assert parallel == [True]  # the single-thread run did not take the parallel path
+    assert (
+        len(split.samples) == len(whole.samples) == round(sf.info(str(path)).frames * 24000 / rate)
+    )
+    np.testing.assert_allclose(split.samples, whole.samples, atol=2e-6)
+
+
+def test_parallel_falls_back_to_one_pass_when_parts_disagree(
+    tmp_path, monkeypatch, parallel, caplog
+):
+    path = tmp_path / "p.flac"
+    sf.write(path, speechlike(16000, 8.0), 16000)
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")
+    monkeypatch.setattr(audio, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
+        a = load_audio(path)
+    assert parallel == [False]
+    assert "one pass" in caplog.text
+    assert len(a.samples) == 8 * 24000
+
+
+def test_mp3_never_takes_the_parallel_path(tmp_path, monkeypatch, parallel):
+    path = tmp_path / "long.mp3"
+    sf.write(path, speechlike(16000, 6.0), 16000, format="MP3")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    load_audio(path)
+    assert parallel == []
+
+
+def test_nan_in_a_parallel_part_is_reported(tmp_path, monkeypatch, parallel):
+    x = speechlike(16000, 8.0)
+    x[7 * 16000] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    with pytest.raises(AudioDecodeError) as err:
+        load_audio(path)
+    assert err.value.kind == "invalid_samples"
+    assert err.value.data["at_seconds"] == 7.0
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["Müller Besprechung 2026.wav", "日本語 会議.flac", 'a\'b "c".wav']
+)
+def test_unicode_and_spaced_paths(tmp_path, name):
+    path = tmp_path / "Ordner mit Ümlaut" / name
+    path.parent.mkdir()
+    sf.write(path, tone(16000, 0.5), 16000)
+    assert load_audio(path).duration == 0.5
+    assert load_audio(str(path)).duration == 0.5
+
+
+@needs_ffmpeg
+def test_unicode_path_through_ffmpeg(tmp_path):
+    src = tmp_path / "src.wav"
+    sf.write(src, tone(16000, 1.0), 16000)
+    a = load_audio(write_m4a(src, tmp_path / "Müller Besprechung 2026.m4a"))
+    assert a.decoder == "ffmpeg"
+
+
+def test_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))
+    sf.write(tmp_path / "memo.wav", tone(16000, 0.25), 16000)
+    assert load_audio("~/memo.wav").duration == 0.25
+
+
+def test_relative_paths_resolve_against_cwd(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    sf.write(tmp_path / "sub" / "rel.wav", tone(8000, 0.5), 8000)
+    monkeypatch.chdir(tmp_path)
+    assert load_audio("sub/rel.wav").duration == 0.5
+    assert load_audio(Path("sub") / "rel.wav").duration == 0.5
+
+
+@needs_ffmpeg
+def test_name_starting_with_dash_is_not_an_ffmpeg_option(tmp_path, monkeypatch):
+    src = tmp_path / "src.wav"
+    sf.write(src, tone(16000, 1.0), 16000)
+    write_m4a(src, tmp_path / "-y.m4a")
+    monkeypatch.chdir(tmp_path)
+    a = load_audio("-y.m4a")
+    assert a.decoder == "ffmpeg"
+    assert abs(a.duration - 1.0) < 0.03
+
+
+def test_windows_long_paths_get_the_extended_prefix():
+    long = "C:\\" + "\\".join(["ordner"] * 40) + "\\memo.opus"
+    assert audio._win_long_path(long) == "\\\\?\\" + long
+    share = "\\\\server\\share\\" + "x" * 300
+    assert audio._win_long_path(share) == "\\\\?\\UNC\\server\\share\\" + "x" * 300
+    assert audio._win_long_path("C:\\short.wav") == "C:\\short.wav"
+    assert audio._win_long_path("\\\\?\\" + long) == "\\\\?\\" + long
+
+
+# --- the bad-file corpus --------------------------------------------------------------------------
+
+
+def _error(exc_type, path, **kwargs):
+    with pytest.raises(exc_type) as err:
+        load_audio(path, **kwargs)
+    assert err.value.data["path"] == str(path)
+    return err.value
+
+
+def test_missing_file(tmp_path):
+    err = _error(AudioFileError, tmp_path / "nope.wav")
+    assert (err.kind, err.code) == ("not_found", -32001)
+    assert "working directory" in err.hint
+
+
+def test_directory(tmp_path):
+    assert _error(AudioFileError, tmp_path).kind == "is_directory"
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.opus").write_bytes(b"")
+    assert _error(AudioFileError, tmp_path / "empty.opus").kind == "empty_file"
+
+
+@pytest.mark.skipif(
+    os.name == "nt" or (hasattr(os, "geteuid") and os.geteuid() == 0),
+    reason="root (or Windows) can read a mode-000 file",
+)
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "secret.wav"
+    sf.write(path, tone(16000, 0.1), 16000)
+    path.chmod(0)
+    try:
+        assert _error(AudioFileError, path).kind == "permission_denied"
+    finally:
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_permission_denied_when_access_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(16000, 0.1), 16000)
+    monkeypatch.setattr(audio.os, "access", lambda *a, **k: False)
+    assert _error(AudioFileError, path).kind == "permission_denied"
+
+
+def test_text_renamed_wav_is_corrupt(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("meeting notes, not audio\n" * 20)
+    err = _error(AudioDecodeError, path)
+    assert (err.kind, err.code) == ("corrupt", -32002)
+    assert "soundfile:" in err.message
+
+
+def test_random_bytes_mp3_is_corrupt_not_missing(tmp_path):
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(np.random.default_rng(7).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    err = _error(AudioDecodeError, path)
+    assert err.kind == "corrupt"
+    assert "not_found" not in err.kind
+
+
+def test_random_bytes_with_unknown_extension_is_unsupported(tmp_path):
+    path = tmp_path / "blob.xyz"
+    path.write_bytes(b"\x00\x01garbage" * 100)
+    assert _error(AudioDecodeError, path).kind == "unsupported_format"
+
+
+def test_truncated_wav_decodes_what_is_there_with_a_warning(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, tone(16000, 2.0), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: 44 + 16000 * 2])  # header + 1 s of the 2 s
+    a = load_audio(path)
+    assert abs(a.duration - 1.0) < 1e-3
+    assert any("truncated" in w for w in a.warnings)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("cut.flac", {}), ("cut.opus", {"format": "OGG", "subtype": "OPUS"})]
+)
+def test_truncated_compressed_file_warns(tmp_path, name, kwargs):
+    path = tmp_path / name
+    sf.write(path, speechlike(16000, 4.0), 16000, **kwargs)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    a = load_audio(path)
+    assert 0.5 < a.duration < 3.5
+    assert a.warnings
+
+
+def test_nan_samples_are_invalid(tmp_path):
+    x = tone(16000, 1.0)
+    x[8000] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    err = _error(AudioDecodeError, path)
+    assert err.kind == "invalid_samples"
+    assert err.data["at_seconds"] == 0.5
+
+
+def test_infinite_samples_are_invalid(tmp_path):
+    x = tone(24000, 1.0)
+    x[100] = np.inf
+    path = tmp_path / "inf.wav"
+    sf.write(path, x, 24000, subtype="FLOAT")
+    assert _error(AudioDecodeError, path).kind == "invalid_samples"
+
+
+def test_header_with_zero_samples_is_no_samples(tmp_path):
+    path = tmp_path / "nothing.wav"
+    sf.write(path, np.zeros(0, np.float32), 16000)
+    assert path.stat().st_size > 0
+    assert _error(AudioDecodeError, path).kind == "no_samples"
+
+
+@needs_ffmpeg
+def test_video_without_audio_is_no_samples(tmp_path):
+    path = tmp_path / "silent_video.mp4"
+    cmd = [FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i"]
+    cmd += ["color=c=black:s=32x32:d=1", "-c:v", "mpeg4", str(path)]
+    subprocess.run(cmd, check=True, timeout=30)
+    assert _error(AudioDecodeError, path).kind == "no_samples"
+
+
+def test_m4a_without_ffmpeg_says_how_to_get_it(tmp_path, monkeypatch):
+    path = tmp_path / "memo.m4a"
+    path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 200)
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+    err = _error(AudioDecodeError, path)
+    assert err.kind == "unsupported_format"
+    assert "VIBEVOICE_FFMPEG" in err.hint and "ffmpeg" in err.message
+
+
+def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(tmp_path, monkeypatch):
+    if FFMPEG is None:
+        pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
+    path = tmp_path / "odd.wav"
+    sf.write(path, tone(44100, 1.5, channels=2), 44100)
+
+    def refuse(*args, **kwargs):
+        raise audio._NotDecoded("Format not recognised.")
+
+    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    a = load_audio(path)
+    assert (a.decoder, a.source_rate, a.source_channels) == ("ffmpeg", 44100, 2)
+    assert len(a.samples) == 36000
+
+
+@needs_ffmpeg
+def test_both_decoders_give_the_same_samples_for_the_same_pcm(tmp_path, monkeypatch):
+    path = tmp_path / "same.wav"
+    sf.write(path, speechlike(44100, 3.0, 2), 44100, subtype="FLOAT")
+    ours = load_audio(path)
+    monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    theirs = load_audio(path)
+    assert (ours.decoder, theirs.decoder) == ("soundfile", "ffmpeg")
+    np.testing.assert_allclose(ours.samples, theirs.samples, atol=1e-6)
+
+
+def test_nothing_is_written_to_stdout(tmp_path, capfd):
+    path = tmp_path / "cut.mp3"
+    sf.write(path, speechlike(16000, 3.0), 16000, format="MP3")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    load_audio(path)
+    with pytest.raises(AudioDecodeError):
+        (tmp_path / "x.wav").write_text("no")
+        load_audio(tmp_path / "x.wav")
+    assert capfd.readouterr().out == ""
+
+
+# --- limits and cancel ----------------------------------------------------------------------------
+
+
+def test_too_long_is_refused_from_the_header(tmp_path, monkeypatch):
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(16000 * 5, np.int16), 16000)
+    # checked before decoding: reading would fail the test
+    monkeypatch.setattr(audio, "_Pipeline", None)
+    err = _error(AudioTooLong, path, max_seconds=2.0)
+    assert (err.kind, err.code) == ("too_long", -32003)
+    assert (err.data["duration"], err.data["limit"]) == (5.0, 2.0)
+
+
+def test_limit_comes_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros(16000 * 3, np.int16), 16000)
+    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "2.5")
+    assert _error(AudioTooLong, path).data["limit"] == 2.5
+    assert load_audio(path, max_seconds=3.0).duration == 3.0  # the argument wins
+    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "lots")
+    assert load_audio(path).duration == 3.0  # unparsable: the 4 h default
+
+
+@needs_ffmpeg
+def test_too_long_is_caught_while_ffmpeg_decodes(tmp_path):
+    src = tmp_path / "src.wav"
+    sf.write(src, speechlike(16000, 30.0), 16000)
+    err = _error(AudioTooLong, write_m4a(src, tmp_path / "long.m4a"), max_seconds=12.0)
+    assert 12.0 < err.data["duration"] <= 30.1
+
+
+def test_cancel_stops_decoding(tmp_path):
+    path = tmp_path / "c.flac"
+    sf.write(path, speechlike(16000, 35.0), 16000)
+    calls = []
+
+    def check_cancel():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        load_audio(path, check_cancel=check_cancel)
+    assert len(calls) == 2
+
+
+def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
+    path = tmp_path / "c.opus"
+    sf.write(path, speechlike(16000, 12.0), 16000, format="OGG", subtype="OPUS")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+
+    class Cancelled(Exception):
+        pass
+
+    def check_cancel():
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        load_audio(path, check_cancel=check_cancel)
+
+
+@needs_ffmpeg
+def test_cancel_kills_ffmpeg(tmp_path, monkeypatch):
+    src = tmp_path / "src.wav"
+    sf.write(src, speechlike(16000, 30.0), 16000)
+    m4a = write_m4a(src, tmp_path / "c.m4a")
+    procs = []
+    real_popen = audio.subprocess.Popen
+
+    def spy(*args, **kwargs):
+        procs.append(real_popen(*args, **kwargs))
+        return procs[-1]
+
+    monkeypatch.setattr(audio.subprocess, "Popen", spy)
+
+    def check_cancel():
+        raise TimeoutError("stop")
+
+    with pytest.raises(TimeoutError):
+        load_audio(m4a, check_cancel=check_cancel)
+    assert procs and procs[0].returncode is not None  # reaped, not left running
+
+
+# --- ffmpeg lookup --------------------------------------------------------------------------------
+
+
+def _fake_exe(folder: Path, name: str = "ffmpeg") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / name
+    exe.write_text("#!/bin/sh\nexit 1\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_find_ffmpeg_prefers_the_environment(tmp_path, monkeypatch):
+    exe = _fake_exe(tmp_path / "bin")
+    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe))
+    assert find_ffmpeg() == str(exe)
+    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe.parent))  # a folder works too
+    assert find_ffmpeg() == str(exe)
+
+
+def test_find_ffmpeg_ignores_a_wrong_environment_value(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
+        assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
+    assert "VIBEVOICE_FFMPEG" in caplog.text
+
+
+def test_find_ffmpeg_looks_next_to_the_frozen_executable(tmp_path, monkeypatch):
+    exe_dir = tmp_path / "app"
+    _fake_exe(exe_dir)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(exe_dir / "vibevoice-rpc"))
+    monkeypatch.setenv("PATH", "")
+    assert find_ffmpeg() == str(exe_dir / "ffmpeg")
+
+
+def test_find_ffmpeg_returns_none_when_there_is_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_ffmpeg() is None
+
+
+def test_audio_module_does_not_import_torch():
+    code = "import sys, vibevoice_rpc.audio; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# --- split points ---------------------------------------------------------------------------------
+
+
+def _noise_with_gaps(rate: int, seconds: float, gaps: list[float], gap_len: float = 0.4):
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, int(rate * seconds)).astype(np.float32)
+    for g in gaps:
+        x[int(g * rate) : int((g + gap_len) * rate)] *= 0.001
+    return x
+
+
+def test_split_points_empty_when_audio_fits_one_window():
+    x = np.ones(8000 * 10, np.float32)
+    assert quiet_split_points(x, 8000, 10.0) == []
+    assert quiet_split_points(x[:100], 8000, 10.0, search_seconds=2.0) == []
+
+
+def test_split_points_land_in_the_quiet_gaps():
+    rate = 8000
+    gaps = [24.0, 50.0, 77.0]
+    x = _noise_with_gaps(rate, 100.0, gaps)
+    points = quiet_split_points(x, rate, 30.0, search_seconds=10.0)
+    assert len(points) == 3
+    for p, g in zip(points, gaps, strict=True):
+        assert g * rate <= p <= (g + 0.4) * rate, (p / rate, g)
+
+
+def test_split_windows_never_exceed_the_window():
+    rate = 8000
+    x = _noise_with_gaps(rate, 95.0, [5.0])  # no gap where it is needed
+    points = quiet_split_points(x, rate, 20.0, search_seconds=4.0)
+    edges = [0, *points, len(x)]
+    assert all(0 < b - a <= 20 * rate for a, b in pairwise(edges))
+    assert all(a < b for a, b in pairwise(edges))
+    for a, p in zip(edges, points, strict=False):
+        assert p >= a + 16 * rate  # inside the last 4 s of its window
+
+
+def test_split_points_are_deterministic_and_prefer_late_ties_in_silence():
+    rate = 8000
+    x = np.zeros(rate * 50, np.float32)
+    first = quiet_split_points(x, rate, 20.0, search_seconds=5.0)
+    assert first == quiet_split_points(x.copy(), rate, 20.0, search_seconds=5.0)
+    assert all(isinstance(p, int) for p in first)
+    assert first[0] > 19.8 * rate  # ties go to the latest frame: windows stay long
+    assert len(first) == 2

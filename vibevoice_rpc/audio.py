@@ -1,0 +1,809 @@
+"""Decode an audio file into what the model takes: 24 kHz mono float32, with clear errors.
+
+Two decoders feed one pipeline (read a block → average the channels → soxr stream → output array):
+
+- ``soundfile`` (libsndfile, in process) for WAV, FLAC, Ogg Vorbis/Opus, MP3 and libsndfile's other
+  formats. When the file's header gives the frame count and seeking is sample-exact, long files are
+  decoded in parallel parts (one thread each; libsndfile and soxr release the GIL).
+- ``ffmpeg`` as a subprocess for everything else (M4A/AAC, WebM, MP4/MKV audio, WMA, …) and as the
+  fallback when libsndfile cannot open a file. It writes float32 WAV at the source rate into a pipe;
+  we read it in blocks and resample here, so both decoders share one resampler and the output length
+  is exact: ``round(n_in * 24000 / source_rate)``.
+
+Not pydub: it decodes a whole file into memory in one piece (peak memory several times the output
+for a long recording), cannot pass ``creationflags`` (a console window flashes on Windows), cannot
+be cancelled midway, and needs ``audioop``, which Python 3.13 removed. See docs/AUDIO.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import IO, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioDecodeError, AudioFileError, AudioTooLong
+
+__all__ = [
+    "TARGET_RATE",
+    "DEFAULT_MAX_SECONDS",
+    "DecodedAudio",
+    "load_audio",
+    "find_ffmpeg",
+    "quiet_split_points",
+]
+
+log = logging.getLogger(__name__)
+
+TARGET_RATE = 24000
+DEFAULT_MAX_SECONDS = 4 * 3600.0
+# soxr's 20-bit "high quality", what librosa and transformers use; "VHQ" costs ~15 % more.
+RESAMPLE_QUALITY = "HQ"
+
+_BLOCK_SECONDS = 10.0
+_PARALLEL_MIN_SECONDS = 60.0  # shorter files take well under a second in one thread
+_PART_MIN_SECONDS = 30.0
+_OVERLAP_SECONDS = 1.0  # decoder pre-roll (Opus: 80 ms) and soxr's filter settle well within this
+_PROBE_SECONDS = 0.25  # compared between neighbouring parts to prove the seek was exact
+_PROBE_TOLERANCE = 1e-4
+# libsndfile seeks these sample-exactly. Not MP3: its frame count can be an estimate (no Xing/LAME
+# header) and the first few hundred samples after a seek are wrong.
+_SEEK_EXACT_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "AIFF", "AU", "CAF"})
+# Names libsndfile cannot decode (or decodes wrongly): straight to ffmpeg.
+_FFMPEG_FIRST_EXTS = frozenset(
+    ".m4a .m4b .m4r .mp4 .m4v .aac .adts .webm .mkv .mka .wma .wmv .asf .mov .avi .amr .3gp .3g2 "
+    ".ac3 .eac3 .dts .mp2 .mpg .mpeg .ts .flv .ape .wv .alac .spx .ra .rm".split()
+)
+_SOUNDFILE_EXTS = frozenset(
+    ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .caf .w64 .rf64".split()
+)
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedAudio:
+    """Decoded audio: ``samples`` is C-contiguous float32 mono at ``sample_rate`` (24 kHz)."""
+
+    samples: np.ndarray
+    sample_rate: int
+    duration: float
+    source_rate: int
+    source_channels: int
+    decoder: str  # "soundfile" or "ffmpeg"
+    warnings: list[str] = field(default_factory=list)
+
+
+class _NotDecoded(Exception):
+    """A decoder could not decode the file; the next may. ``empty``: it opened but held nothing."""
+
+    def __init__(self, message: str, *, empty: bool = False) -> None:
+        super().__init__(message)
+        self.empty = empty
+
+
+# --- paths and checks ------------------------------------------------------------------------
+
+
+def _win_long_path(path: str) -> str:
+    r"""Prefix ``\\?\`` (``\\?\UNC\`` for shares) so Windows opens paths past MAX_PATH (260)."""
+    if len(path) < 260 or path.startswith("\\\\?\\"):
+        return path
+    if path.startswith("\\\\"):
+        return "\\\\?\\UNC\\" + path[2:]
+    return "\\\\?\\" + path
+
+
+def _resolve(path: PathArg) -> tuple[str, str]:
+    """(path as given, for messages and ``error.data.path``; absolute path to open)."""
+    raw = os.fspath(path)
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    full = os.path.abspath(os.path.expanduser(raw)) if raw else raw
+    if os.name == "nt":  # pragma: no cover - Windows only
+        full = _win_long_path(full)
+    return raw, full
+
+
+def _check_file(full: str, shown: str) -> int:
+    """Raise :class:`AudioFileError` unless ``full`` is a readable, non-empty file; return its size.
+
+    Done before decoding because libsndfile's own message misleads (an undecodable MP3 is reported
+    as "File does not exist or is not a regular file").
+    """
+    if not full:
+        raise AudioFileError("no audio path given", kind="not_found", path=shown)
+    try:
+        st = os.stat(full)
+    except PermissionError as exc:
+        raise AudioFileError(
+            f"permission denied: cannot reach {shown} ({exc.strerror})",
+            kind="permission_denied",
+            hint="check the permissions of the file and the folders above it",
+            path=shown,
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise AudioFileError(
+            f"audio file not found: {shown} ({reason})",
+            kind="not_found",
+            hint=f"relative paths resolve against the server's working directory {os.getcwd()}",
+            path=shown,
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioFileError(
+            f"{shown} is a directory, not an audio file",
+            kind="is_directory",
+            hint="pass the path of an audio file inside it",
+            path=shown,
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioFileError(
+            f"{shown} is not a regular file (a device, pipe or socket)",
+            kind="not_found",
+            hint="save the audio to a file and pass that file's path",
+            path=shown,
+        )
+    denied = not os.access(full, os.R_OK)
+    if not denied:
+        try:
+            with open(full, "rb"):
+                pass
+        except PermissionError:
+            denied = True
+        except OSError as exc:
+            raise AudioFileError(
+                f"cannot open {shown}: {exc.strerror or exc}",
+                kind="permission_denied",
+                path=shown,
+            ) from None
+    if denied:
+        raise AudioFileError(
+            f"permission denied: cannot read {shown}",
+            kind="permission_denied",
+            hint="check the file's permissions, or whether another program holds it locked",
+            path=shown,
+        )
+    if st.st_size == 0:
+        raise AudioFileError(
+            f"{shown} is empty (0 bytes)",
+            kind="empty_file",
+            hint="the recording may not have been written yet",
+            path=shown,
+        )
+    return st.st_size
+
+
+def _env_limit() -> float:
+    raw = os.environ.get("VIBEVOICE_MAX_AUDIO_SECONDS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        log.warning("ignoring VIBEVOICE_MAX_AUDIO_SECONDS=%r (not a positive number)", raw)
+        return DEFAULT_MAX_SECONDS
+    return value
+
+
+def _decode_threads() -> int:
+    raw = os.environ.get("VIBEVOICE_AUDIO_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _too_long(shown: str, seconds: float, limit: float, *, stopped: bool) -> AudioTooLong:
+    what = f"decoding stopped at {seconds:.1f} s" if stopped else f"it lasts {seconds:.1f} s"
+    return AudioTooLong(
+        f"audio is longer than the {limit:g} s limit ({what}): {shown}",
+        hint="split the file, or raise VIBEVOICE_MAX_AUDIO_SECONDS",
+        duration=round(seconds, 3),
+        limit=limit,
+        path=shown,
+    )
+
+
+# --- ffmpeg lookup -----------------------------------------------------------------------------
+
+
+def _exe_names() -> tuple[str, ...]:
+    return ("ffmpeg.exe", "ffmpeg") if os.name == "nt" else ("ffmpeg", "ffmpeg.exe")
+
+
+def _is_exe(path: str) -> bool:
+    return os.path.isfile(path) and (os.name == "nt" or os.access(path, os.X_OK))
+
+
+def find_ffmpeg() -> str | None:
+    """The ffmpeg to use, or None: ``$VIBEVOICE_FFMPEG`` (file or folder), then next to the frozen
+    executable (and PyInstaller's ``_internal`` folder), then ``PATH``."""
+    env = os.environ.get("VIBEVOICE_FFMPEG", "").strip()
+    if env:
+        cand = os.path.abspath(os.path.expanduser(env))
+        if os.path.isdir(cand):
+            for name in _exe_names():
+                if _is_exe(os.path.join(cand, name)):
+                    return os.path.join(cand, name)
+        elif _is_exe(cand):
+            return cand
+        log.warning("VIBEVOICE_FFMPEG=%r is not an ffmpeg executable; looking elsewhere", env)
+    if getattr(sys, "frozen", False):
+        dirs = [os.path.dirname(os.path.abspath(sys.executable))]
+        meipass = getattr(sys, "_MEIPASS", None)
+        if meipass:
+            dirs.append(str(meipass))
+        for folder in dirs:
+            for name in _exe_names():
+                if _is_exe(os.path.join(folder, name)):
+                    return os.path.join(folder, name)
+    return shutil.which("ffmpeg")
+
+
+# --- the shared pipeline: downmix → check → resample → one output array ----------------------
+
+
+def _out_len(n_in: int, rate: int) -> int:
+    return round(n_in * TARGET_RATE / rate)
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    if block.ndim == 1:
+        return block
+    channels = block.shape[1]
+    if channels == 1:
+        return block[:, 0]
+    # Column adds: ~30x faster than block.mean(axis=1), which reduces along the short axis.
+    out = block[:, 0] + block[:, 1]
+    for c in range(2, channels):
+        out += block[:, c]
+    out *= np.float32(1.0 / channels)
+    return out
+
+
+def _check_finite(mono: np.ndarray, first: int, rate: int, shown: str) -> None:
+    """Raise ``invalid_samples`` if ``mono`` (from sample ``first`` on) holds NaN or infinity."""
+    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every sample is.
+    if mono.size and not math.isfinite(float(mono.sum(dtype=np.float64))):
+        at = (first + int(np.argmin(np.isfinite(mono)))) / rate
+        raise AudioDecodeError(
+            f"audio contains NaN or infinite samples (first at {at:.3f} s): {shown}",
+            kind="invalid_samples",
+            hint="re-export the audio; the file holds invalid float sample values",
+            path=shown,
+            at_seconds=round(at, 3),
+        )
+
+
+class _Resampler:
+    """soxr's streaming resampler to 24 kHz, or a pass-through when the source is 24 kHz already."""
+
+    def __init__(self, rate: int) -> None:
+        self._stream = None
+        if rate != TARGET_RATE:
+            self._stream = soxr.ResampleStream(
+                rate, TARGET_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+
+    def __call__(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return mono
+        return self._stream.resample_chunk(np.ascontiguousarray(mono), last=last)
+
+    def flush(self) -> np.ndarray:
+        return self(np.zeros(0, np.float32), last=True)
+
+
+class _Sink:
+    """Blocks appended into one float32 array. Growing uses realloc (``ndarray.resize``), which on
+    Linux remaps pages instead of copying, so peak memory stays near the final size."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.empty(max(1, capacity), np.float32)
+        self.n = 0
+
+    def append(self, y: np.ndarray) -> None:
+        need = self.n + len(y)
+        if need > len(self.buf):
+            grown = max(need, int(len(self.buf) * 1.25) + 60 * TARGET_RATE)
+            self.buf.resize(grown, refcheck=False)
+        self.buf[self.n : need] = y
+        self.n = need
+
+    def result(self, length: int) -> np.ndarray:
+        """The array at exactly ``length`` samples: the resampler's last sample or two are padded
+        (zeros) or trimmed so the duration is preserved to the sample."""
+        if length > len(self.buf):
+            self.buf.resize(length, refcheck=False)  # zero-filled
+        elif length > self.n:
+            self.buf[self.n : length] = 0.0
+        if length != len(self.buf):
+            self.buf.resize(length, refcheck=False)
+        return self.buf
+
+
+class _Pipeline:
+    def __init__(self, rate: int, channels: int, capacity: int, limit: float, shown: str) -> None:
+        self.rate = rate
+        self.channels = channels
+        self.shown = shown
+        self.limit = limit
+        self.max_in = limit * rate
+        self.n_in = 0
+        self.resample = _Resampler(rate)
+        self.sink = _Sink(capacity)
+
+    def feed(self, block: np.ndarray) -> None:
+        mono = _mono(block)
+        _check_finite(mono, self.n_in, self.rate, self.shown)
+        self.n_in += len(mono)
+        if self.n_in > self.max_in:
+            raise _too_long(self.shown, self.n_in / self.rate, self.limit, stopped=True)
+        self.sink.append(self.resample(mono))
+
+    def finish(self) -> np.ndarray:
+        self.sink.append(self.resample.flush())
+        return self.sink.result(_out_len(self.n_in, self.rate))
+
+
+# --- soundfile -------------------------------------------------------------------------------
+
+
+def _log_warnings(info_log: str) -> list[str]:
+    """Truncation that libsndfile notices while opening (it then clamps the frame count)."""
+    lines = info_log.splitlines()
+    if any(line.startswith("data") and "should be" in line for line in lines) or (
+        "File ended unexpectedly" in info_log
+    ):
+        return ["the file seems truncated (it holds less audio than its header says)"]
+    if "lacks an end-of-stream" in info_log:
+        return ["the Ogg stream has no end marker (the recording may have been cut off)"]
+    return []
+
+
+def _result(
+    samples: np.ndarray, rate: int, channels: int, decoder: str, warnings: list[str]
+) -> DecodedAudio:
+    duration = len(samples) / TARGET_RATE
+    return DecodedAudio(samples, TARGET_RATE, duration, rate, channels, decoder, warnings)
+
+
+def _decode_soundfile(
+    full: str, shown: str, limit: float, check_cancel: Callable[[], None] | None
+) -> DecodedAudio:
+    try:
+        f = sf.SoundFile(full)
+    except Exception as exc:  # LibsndfileError, or TypeError/ValueError for odd headers
+        raise _NotDecoded(_sf_message(exc, full)) from None
+    with f:
+        rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        fmt = str(f.format)
+        warnings = _log_warnings(f.extra_info)
+        if rate <= 0 or channels <= 0:
+            raise _NotDecoded(f"invalid header ({rate} Hz, {channels} channels)")
+        if frames > 0 and frames / rate > limit:
+            raise _too_long(shown, frames / rate, limit, stopped=False)
+        threads = _decode_threads()
+        if (
+            threads > 1
+            and not warnings
+            and fmt in _SEEK_EXACT_FORMATS
+            and f.seekable()
+            and frames / rate >= max(_PARALLEL_MIN_SECONDS, 2 * _PART_MIN_SECONDS)
+        ):
+            samples = _decode_parts(full, rate, channels, frames, threads, shown, check_cancel)
+            if samples is not None:
+                return _result(samples, rate, channels, "soundfile", [])
+            log.warning("parallel decode of %s did not line up; decoding it in one pass", shown)
+            f.seek(0)
+        pipe = _Pipeline(rate, channels, _out_len(max(frames, 0), rate) + 1, limit, shown)
+        block = int(rate * _BLOCK_SECONDS)
+        buf = np.empty((block, channels) if channels > 1 else block, np.float32)
+        error: str | None = None
+        while True:
+            if check_cancel is not None:
+                check_cancel()
+            try:
+                got = f.read(dtype="float32", out=buf)
+            except Exception as exc:  # a damaged frame midway: keep what was decoded
+                error = _sf_message(exc, full) or type(exc).__name__
+                break
+            if not len(got):
+                break
+            pipe.feed(got)
+    if pipe.n_in == 0:
+        raise _NotDecoded(error or "the file holds no audio samples", empty=error is None)
+    samples = pipe.finish()
+    decoded = pipe.n_in / rate
+    if error is not None or frames - pipe.n_in > 0.5 * rate:
+        reason = f" ({error})" if error else ""
+        warnings.append(
+            f"the file seems truncated or damaged: decoded {decoded:.1f} s of the "
+            f"{frames / rate:.1f} s its header announces{reason}"
+        )
+    return _result(samples, rate, channels, "soundfile", warnings)
+
+
+def _sf_message(exc: BaseException, full: str) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    text = text.replace(f"Error opening {full!r}: ", "")
+    # libsndfile's words for MP3 data it cannot parse; the file itself was checked before.
+    if "does not exist" in text:
+        text = "data not recognised"
+    return text
+
+
+def _copy_overlap(dst: np.ndarray, dst_at: int, src: np.ndarray, src_at: int) -> None:
+    """Copy the part of ``src`` (starting at absolute index ``src_at``) that falls into ``dst``."""
+    lo, hi = max(dst_at, src_at), min(dst_at + len(dst), src_at + len(src))
+    if hi > lo:
+        dst[lo - dst_at : hi - dst_at] = src[lo - src_at : hi - src_at]
+
+
+def _decode_parts(
+    full: str,
+    rate: int,
+    channels: int,
+    frames: int,
+    threads: int,
+    shown: str,
+    check_cancel: Callable[[], None] | None,
+) -> np.ndarray | None:
+    """Decode ``[0, frames)`` in parallel parts straight into one preallocated array.
+
+    Each part starts decoding ``_OVERLAP_SECONDS`` early (decoder pre-roll, resampler settling) and
+    keeps only its own output range; part boundaries sit on multiples of ``rate / gcd(rate, 24000)``
+    input samples, so each maps to a whole output index and the joins are seamless. Neighbouring
+    parts both decode a short probe after each boundary; if those differ, a seek was inexact and the
+    caller decodes in one pass instead (None). Returns None also when a part reads short.
+    """
+    step = rate // math.gcd(rate, TARGET_RATE)
+    parts = max(1, min(threads, int(frames / rate // _PART_MIN_SECONDS)))
+    bounds = [0] + [(frames * i // parts) // step * step for i in range(1, parts)] + [frames]
+    pad = math.ceil(_OVERLAP_SECONDS * rate / step) * step
+    probe_len = int(_PROBE_SECONDS * rate)
+    total = _out_len(frames, rate)
+    out = np.empty(total, np.float32)
+    heads = [np.zeros(probe_len, np.float32) for _ in range(parts)]
+    tails = [np.zeros(probe_len, np.float32) for _ in range(parts)]
+    stop = threading.Event()
+    block = int(rate * _BLOCK_SECONDS)
+
+    def work(i: int) -> bool:
+        a, b = bounds[i], bounds[i + 1]
+        last = i == parts - 1
+        start, end = max(0, a - pad), min(frames, b + pad)
+        lo, hi = a * TARGET_RATE // rate, total if last else b * TARGET_RATE // rate
+        opos = start * TARGET_RATE // rate
+        resample = _Resampler(rate)
+        buf = np.empty((block, channels) if channels > 1 else block, np.float32)
+        pos = start
+        with sf.SoundFile(full) as f:
+            if start:
+                f.seek(start)
+            while pos < end:
+                if stop.is_set():
+                    return False
+                k = min(block, end - pos)
+                try:
+                    got = f.read(dtype="float32", out=buf[:k])
+                except Exception:
+                    return False
+                if len(got) != k:
+                    return False
+                mono = _mono(got)
+                _check_finite(mono, pos, rate, shown)
+                _copy_overlap(heads[i], a, mono, pos)
+                _copy_overlap(tails[i], b, mono, pos)
+                pos += k
+                y = resample(mono, last=pos >= end)
+                _copy_overlap(out[lo:hi], lo, y, opos)
+                opos += len(y)
+        if last and opos < total:
+            out[max(lo, opos) : total] = 0.0
+        return True
+
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="audio-decode") as pool:
+        futures = [pool.submit(work, i) for i in range(parts)]
+        try:
+            while True:
+                _, pending = wait(futures, timeout=0.05, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.done() and f.exception() for f in futures):
+                    break
+                if check_cancel is not None:
+                    check_cancel()
+        except BaseException:
+            stop.set()
+            raise
+        stop.set()
+        oks = [f.result() for f in futures]  # re-raises a worker's error (e.g. invalid samples)
+    if check_cancel is not None:
+        check_cancel()
+    if not all(oks):
+        return None
+    for i in range(parts - 1):
+        if float(np.max(np.abs(tails[i] - heads[i + 1]))) > _PROBE_TOLERANCE:
+            return None
+    return out
+
+
+# --- ffmpeg ----------------------------------------------------------------------------------
+
+
+def _read_into(stream: IO[bytes], view: memoryview) -> int:
+    """Fill ``view`` from ``stream``; fewer bytes only at end of stream."""
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    buf = bytearray(n)
+    return bytes(buf[: _read_into(stream, memoryview(buf))])
+
+
+def _read_wav_header(stream: IO[bytes]) -> tuple[int, int] | None:
+    """(rate, channels) of the float32 WAV ffmpeg streams (sizes unknown), up to the data chunk."""
+    riff = _read_exact(stream, 12)
+    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+        return None
+    rate = channels = 0
+    while True:
+        head = _read_exact(stream, 8)
+        if len(head) < 8:
+            return None
+        cid, size = head[:4], struct.unpack("<I", head[4:])[0]
+        if cid == b"data":
+            return (rate, channels) if rate > 0 and channels > 0 else None
+        if size > 1 << 20:
+            return None
+        body = _read_exact(stream, size + (size & 1))
+        if cid == b"fmt " and len(body) >= 16:
+            _tag, channels, rate = struct.unpack("<HHI", body[:8])
+            if struct.unpack("<H", body[14:16])[0] != 32:
+                return None
+
+
+def _ffmpeg_messages(text: str, full: str) -> str:
+    """ffmpeg's error lines, deduplicated, without object addresses and our own path."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        line = re.sub(r"^\[(\w+) @ 0x[0-9a-f]+\] ", r"\1: ", line.strip())
+        line = line.replace(f"file:{full}: ", "").replace(f"file:{full}", "input")
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines[:4])[:500]
+
+
+def _decode_ffmpeg(
+    ffmpeg: str, full: str, shown: str, limit: float, check_cancel: Callable[[], None] | None
+) -> DecodedAudio:
+    # "file:" keeps names that start with "-" or look like "proto:…" from reading as options/URLs.
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", "file:" + full]
+    cmd += ["-vn", "-sn", "-dn", "-c:a", "pcm_f32le", "-f", "wav", "-"]
+    kwargs: dict = {}
+    if os.name == "nt":  # pragma: no cover - Windows only
+        kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW
+    with tempfile.TemporaryFile() as errfile:  # a file, not a pipe: ffmpeg can never block on it
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errfile,
+                bufsize=0,
+                **kwargs,
+            )
+        except OSError as exc:
+            raise _NotDecoded(f"could not start {ffmpeg}: {exc}") from None
+        pipe: _Pipeline | None = None
+        try:
+            _grow_pipe(proc.stdout)
+            header = _read_wav_header(proc.stdout)  # type: ignore[arg-type]
+            if header is not None:
+                rate, channels = header
+                pipe = _Pipeline(rate, channels, 10 * 60 * TARGET_RATE, limit, shown)
+                raw = np.empty(int(rate * _BLOCK_SECONDS) * channels, np.float32)
+                view = memoryview(raw).cast("B")
+                while True:
+                    if check_cancel is not None:
+                        check_cancel()
+                    nbytes = _read_into(proc.stdout, view)  # type: ignore[arg-type]
+                    n = nbytes // (4 * channels)
+                    if n:
+                        pipe.feed(raw[: n * channels].reshape(n, channels))
+                    if nbytes < len(view):
+                        break
+            try:  # stdout is at its end, or unreadable (then ffmpeg must not block on a full pipe)
+                rc = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.wait()
+        errfile.seek(0)
+        messages = _ffmpeg_messages(errfile.read().decode("utf-8", "replace"), full)
+    if pipe is None or pipe.n_in == 0:
+        if rc == 0 or "does not contain any stream" in messages or "matches no streams" in messages:
+            raise _NotDecoded(messages or "the file holds no audio samples", empty=True)
+        raise _NotDecoded(messages or f"ffmpeg exited with code {rc}")
+    samples = pipe.finish()
+    warnings: list[str] = []
+    if rc != 0 or messages:
+        warnings.append(
+            f"ffmpeg reported errors (the file may be truncated or damaged); decoded "
+            f"{pipe.n_in / pipe.rate:.1f} s: {messages or f'exit code {rc}'}"
+        )
+    return _result(samples, pipe.rate, pipe.channels, "ffmpeg", warnings)
+
+
+def _grow_pipe(stream: object) -> None:
+    # Fewer, larger reads: a 1 MiB pipe instead of 64 KiB (Linux only; harmless where refused).
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+# --- the public entry point ------------------------------------------------------------------
+
+
+def load_audio(
+    path: PathArg,
+    *,
+    max_seconds: float | None = None,
+    check_cancel: Callable[[], None] | None = None,
+) -> DecodedAudio:
+    """Decode ``path`` to 24 kHz mono float32.
+
+    ``path`` may be relative (to the working directory), start with ``~``, hold spaces or any
+    Unicode. ``max_seconds`` (default ``$VIBEVOICE_MAX_AUDIO_SECONDS`` or 4 h) limits the duration:
+    checked against the header before decoding when it is known, and while decoding.
+    ``check_cancel`` is called between blocks, on the calling thread; it raises to abort.
+
+    Raises :class:`AudioFileError` (not_found, is_directory, permission_denied, empty_file),
+    :class:`AudioDecodeError` (unsupported_format, corrupt, no_samples, invalid_samples) and
+    :class:`AudioTooLong`. Silence is not an error; a truncated file yields what is readable, with a
+    note in ``warnings``.
+    """
+    started = time.monotonic()
+    shown, full = _resolve(path)
+    _check_file(full, shown)
+    limit = _env_limit() if max_seconds is None else float(max_seconds)
+    if not limit > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    ext = os.path.splitext(full)[1].lower()
+    ffmpeg = find_ffmpeg()
+    order = ["ffmpeg", "soundfile"] if ext in _FFMPEG_FIRST_EXTS else ["soundfile", "ffmpeg"]
+    failures: list[str] = []
+    empty = False
+    for decoder in order:
+        try:
+            if decoder == "soundfile":
+                audio = _decode_soundfile(full, shown, limit, check_cancel)
+            elif ffmpeg is not None:
+                audio = _decode_ffmpeg(ffmpeg, full, shown, limit, check_cancel)
+            else:
+                continue
+        except _NotDecoded as exc:
+            log.debug("%s could not decode %s: %s", decoder, shown, exc)
+            failures.append(f"{decoder}: {exc}")
+            empty = empty or exc.empty
+            continue
+        log.info(
+            "decoded %s with %s: %.1f s, %d Hz x %d ch -> 24 kHz mono in %.2f s",
+            shown,
+            audio.decoder,
+            audio.duration,
+            audio.source_rate,
+            audio.source_channels,
+            time.monotonic() - started,
+        )
+        return audio
+    raise _decode_failure(shown, ext, ffmpeg, failures, empty)
+
+
+def _decode_failure(
+    shown: str, ext: str, ffmpeg: str | None, failures: list[str], empty: bool
+) -> AudioDecodeError:
+    said = "; ".join(failures)
+    if empty:
+        return AudioDecodeError(
+            f"no audio samples in {shown} ({said})",
+            kind="no_samples",
+            hint="the file has no audio stream, or a header with zero samples",
+            path=shown,
+        )
+    if ffmpeg is None and ext not in _SOUNDFILE_EXTS:
+        return AudioDecodeError(
+            f"cannot decode {shown}: this format needs ffmpeg, which was not found ({said})",
+            kind="unsupported_format",
+            hint="install ffmpeg, or set VIBEVOICE_FFMPEG to the ffmpeg executable",
+            path=shown,
+        )
+    if ext in _SOUNDFILE_EXTS or ext in _FFMPEG_FIRST_EXTS:
+        return AudioDecodeError(
+            f"cannot decode {shown}: not a valid {ext[1:].upper()} file, or damaged ({said})",
+            kind="corrupt",
+            hint="the file may be truncated, damaged or misnamed; try re-exporting it",
+            path=shown,
+        )
+    return AudioDecodeError(
+        f"cannot decode {shown}: not a recognised audio format ({said})",
+        kind="unsupported_format",
+        hint="convert it to WAV, FLAC, MP3, Opus or M4A",
+        path=shown,
+    )
+
+
+# --- where to split long audio ---------------------------------------------------------------
+
+
+def quiet_split_points(
+    samples: np.ndarray,
+    sample_rate: int,
+    window_seconds: float,
+    search_seconds: float = 30.0,
+    *,
+    frame_seconds: float = 0.1,
+) -> list[int]:
+    """Interior sample indices that split ``samples`` into windows of at most ``window_seconds``.
+
+    Each split lies in the last ``search_seconds`` before its window's end, at the centre of the
+    quietest ``frame_seconds`` frame there (lowest RMS, stepped every 10 ms; ties go to the latest
+    frame, so windows stay long). Returns ``[]`` when the audio fits one window. Deterministic.
+    """
+    n = len(samples)
+    window = int(window_seconds * sample_rate)
+    if window <= 0:
+        raise ValueError(f"window_seconds must be positive, got {window_seconds!r}")
+    if n <= window:
+        return []
+    search = max(1, min(window - 1, int(search_seconds * sample_rate)))
+    frame = max(1, min(search, int(frame_seconds * sample_rate)))
+    hop = max(1, sample_rate // 100)
+    points: list[int] = []
+    start = 0
+    while n - start > window:
+        end = start + window
+        lo = end - search
+        region = np.asarray(samples[lo:end], dtype=np.float64)
+        energy = np.concatenate(([0.0], np.cumsum(region * region)))
+        offsets = np.arange(0, len(region) - frame + 1, hop)
+        sums = energy[offsets + frame] - energy[offsets]
+        best = offsets[len(sums) - 1 - int(np.argmin(sums[::-1]))]
+        split = lo + int(best) + frame // 2
+        points.append(split)
+        start = split
+    return points
