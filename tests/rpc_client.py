@@ -33,8 +33,13 @@ def server_env(**extra: str) -> dict[str, str]:
 class RpcProcess:
     """The server as a child process. Every stdout line is recorded raw and must be JSON."""
 
-    def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
-                 cmd: list[str] | None = None, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cmd: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
         cmd = cmd or [sys.executable, "-m", "vibevoice_rpc", *(args or [])]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -140,7 +145,11 @@ class RpcProcess:
 
     def responses_for(self, id_: Any) -> list[Any]:
         with self._cv:
-            return [m for m in self.messages if isinstance(m, dict) and "method" not in m and m.get("id") == id_]
+            return [
+                m
+                for m in self.messages
+                if isinstance(m, dict) and "method" not in m and m.get("id") == id_
+            ]
 
     def wait_exit(self, timeout: float = 10) -> int:
         return self.proc.wait(timeout)

@@ -48,7 +48,9 @@ class Wire:
                 self.cv.wait(left)
 
     def response(self, id_, timeout: float = 5.0):
-        return self.wait_for(lambda m: isinstance(m, dict) and m.get("id") == id_ and "method" not in m, timeout)
+        return self.wait_for(
+            lambda m: isinstance(m, dict) and m.get("id") == id_ and "method" not in m, timeout
+        )
 
     def responses(self) -> list:
         return [m for m in self.messages if isinstance(m, list) or "method" not in m]
@@ -102,7 +104,10 @@ def test_spec_batch_of_invalid_members(setup):
 
 def test_spec_invalid_batch_json(setup):
     d, _, wire = setup
-    send(d, b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},{"jsonrpc": "2.0", "method"]')
+    send(
+        d,
+        b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},{"jsonrpc": "2.0", "method"]',
+    )
     (m,) = wire.messages
     assert m["error"]["code"] == -32700
 
@@ -159,9 +164,25 @@ def test_invalid_params_names_the_field(setup):
     d, _, wire = setup
     send(d, {"jsonrpc": "2.0", "id": 1, "method": "transcribe", "params": {"audio_path": 3}})
     send(d, {"jsonrpc": "2.0", "id": 2, "method": "transcribe", "params": {}})
-    send(d, {"jsonrpc": "2.0", "id": 3, "method": "transcribe", "params": {"audio_path": "a", "precision": "fp64"}})
+    send(
+        d,
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "transcribe",
+            "params": {"audio_path": "a", "precision": "fp64"},
+        },
+    )
     send(d, {"jsonrpc": "2.0", "id": 4, "method": "transcribe", "params": ["a.wav"]})
-    send(d, {"jsonrpc": "2.0", "id": 5, "method": "transcribe", "params": {"audio_path": "a", "max_new_tokens": 0}})
+    send(
+        d,
+        {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "transcribe",
+            "params": {"audio_path": "a", "max_new_tokens": 0},
+        },
+    )
     errs = {m["id"]: m["error"] for m in wire.messages}
     assert all(e["code"] == -32602 for e in errs.values())
     assert "audio_path" in errs[1]["message"] and errs[1]["data"]["field"] == "audio_path"
@@ -180,8 +201,18 @@ def test_method_not_found_lists_methods(setup):
 
 def test_oversized_line_answered_with_its_id(setup):
     d, _, wire = setup
-    d.handle_line(Oversized(size=500, head=b'{"jsonrpc":"2.0","id":77,"method":"transcribe","params":{"x":"', tail=b'aaaa"}}'))
-    d.handle_line(Oversized(size=500, head=b'{"jsonrpc":"2.0","params":{"id":5,"x":"', tail=b'aa"},"id":"tail-id"}'))
+    d.handle_line(
+        Oversized(
+            size=500,
+            head=b'{"jsonrpc":"2.0","id":77,"method":"transcribe","params":{"x":"',
+            tail=b'aaaa"}}',
+        )
+    )
+    d.handle_line(
+        Oversized(
+            size=500, head=b'{"jsonrpc":"2.0","params":{"id":5,"x":"', tail=b'aa"},"id":"tail-id"}'
+        )
+    )
     d.handle_line(Oversized(size=500, head=b"garbage", tail=b"garbage"))
     ids = [(m["id"], m["error"]["code"]) for m in wire.messages]
     assert ids == [(77, -32009), ("tail-id", -32009), (None, -32009)]
@@ -240,7 +271,11 @@ def test_cancel_queued_job_answers_at_once(setup):
     send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": 2}})
     assert wire.response("c")["result"] == {"cancelled": True}
     err = wire.response(2)["error"]
-    assert err["code"] == -32800 and err["data"]["kind"] == "cancelled" and err["data"]["segments"] == []
+    assert (
+        err["code"] == -32800
+        and err["data"]["kind"] == "cancelled"
+        and err["data"]["segments"] == []
+    )
     engine.gate.set()
     assert wire.response(1)["result"]["status"] == "success"
     assert engine.calls == ["a.wav"]
@@ -254,7 +289,9 @@ def test_cancel_running_job_keeps_segments_so_far(setup):
     send(d, {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": "t"}})
     err = wire.response("t")["error"]
     assert err["code"] == -32800
-    assert err["data"]["segments"] == [{"speaker": "Speaker_0", "start_time": 0.0, "end_time": 1.0, "text": "hello"}]
+    assert err["data"]["segments"] == [
+        {"speaker": "Speaker_0", "start_time": 0.0, "end_time": 1.0, "text": "hello"}
+    ]
     send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": "t"}})
     assert wire.response("c")["result"] == {"cancelled": False}
 
@@ -346,6 +383,10 @@ def test_progress_is_rate_limited_and_heartbeats(setup):
     time.sleep(2.2)
     engine.gate.set()
     wire.response(1)
-    stamps = [m for m in wire.messages if m.get("method") == "progress" and m["params"]["stage"] == "loading_audio"]
+    stamps = [
+        m
+        for m in wire.messages
+        if m.get("method") == "progress" and m["params"]["stage"] == "loading_audio"
+    ]
     assert len(stamps) >= 3  # the first report plus at least two heartbeats in 2.2 s
     assert len(stamps) <= 6

@@ -45,7 +45,9 @@ def test_spec_examples_and_batches_over_pipes():
         p.send_raw(b'{"jsonrpc":"2.0","method":1}\n')
         p.send_raw(b'[{"jsonrpc":"2.0","method":"health"},{"jsonrpc":"2.0","method":"x"}]\n')
         p.send_raw(b'{"jsonrpc":"2.0","method":"health"}\r\n\r\n   \n')
-        p.send_raw(b'[{"jsonrpc":"2.0","method":"health","id":"a"},{"jsonrpc":"2.0","method":"nope","id":"b"}]\n')
+        p.send_raw(
+            b'[{"jsonrpc":"2.0","method":"health","id":"a"},{"jsonrpc":"2.0","method":"nope","id":"b"}]\n'
+        )
         batch = p.wait_for(lambda m: isinstance(m, list) and len(m) == 2)
         assert {m["id"] for m in batch} == {"a", "b"}
         out = [m for m in p.messages if isinstance(m, dict) and m.get("method") != "ready"]
@@ -78,10 +80,19 @@ def test_non_ascii_is_utf8_on_the_wire():
 def test_sixteen_mb_line_is_served_and_a_longer_one_is_refused_with_its_id():
     with RpcProcess() as p:
         pad = "a" * (16 * 1000 * 1000)
-        p.send_raw(json.dumps({"jsonrpc": "2.0", "id": "big", "method": "health", "params": {"pad": pad}}).encode() + b"\n")
+        p.send_raw(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": "big", "method": "health", "params": {"pad": pad}}
+            ).encode()
+            + b"\n"
+        )
         assert p.response("big", timeout=60)["result"]["status"] == "ok"
         huge = "a" * (17 * 1024 * 1024)
-        p.send_raw(b'{"jsonrpc":"2.0","id":"huge","method":"health","params":{"pad":"' + huge.encode() + b'"}}\n')
+        p.send_raw(
+            b'{"jsonrpc":"2.0","id":"huge","method":"health","params":{"pad":"'
+            + huge.encode()
+            + b'"}}\n'
+        )
         err = p.response("huge", timeout=60)["error"]
         assert err["code"] == -32009 and err["data"]["limit"] >= 16 * 1000 * 1000
         assert p.call("health", timeout=30)["result"]["status"] == "ok"

@@ -44,7 +44,10 @@ def test_writer_is_atomic_per_message_across_threads():
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.append(_read_all(r)))
     reader.start()
-    threads = [threading.Thread(target=lambda part=msgs[i::4]: [writer.write(m) for m in part]) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda part=msgs[i::4]: [writer.write(m) for m in part])
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

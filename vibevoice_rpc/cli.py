@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--version", action="version", version=f"vibevoice-rpc {__version__} (protocol {PROTOCOL_VERSION})"
+        "--version",
+        action="version",
+        version=f"vibevoice-rpc {__version__} (protocol {PROTOCOL_VERSION})",
     )
     _add_model_options(parser)
     parser.add_argument("--preload", action="store_true", help="load the model right after ready")

@@ -26,10 +26,21 @@ __all__ = ["Engine", "ENCODER_MODULES"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODULES = ("acoustic_tokenizer_encoder", "semantic_tokenizer_encoder", "multi_modal_projector")
+ENCODER_MODULES = (
+    "acoustic_tokenizer_encoder",
+    "semantic_tokenizer_encoder",
+    "multi_modal_projector",
+)
 WINDOW_OVERLAP_SECONDS = 10.0
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-_LOWER = {"auto": "int8", "fp32": "bf16", "bf16": "int8", "fp16": "int8", "int8": "nf4", "nf4": "nf4"}
+_LOWER = {
+    "auto": "int8",
+    "fp32": "bf16",
+    "bf16": "int8",
+    "fp16": "int8",
+    "int8": "nf4",
+    "nf4": "nf4",
+}
 
 
 @dataclass
@@ -269,4 +280,3 @@ class Engine:
         # Users report VRAM building up across files in one process: release the cache per job.
         if loaded.device == "cuda":  # pragma: no cover - GPU only
             self._free_memory()
-

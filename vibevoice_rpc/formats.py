@@ -37,6 +37,8 @@ def render(result: TranscribeResult, fmt: str) -> str:
         if fmt == "srt":
             lines.append(str(i))
         lines.append(f"{_clock(seg.start_time, sep)} --> {_clock(seg.end_time, sep)}")
-        lines.append(f"<v {seg.speaker}>{seg.text}" if fmt == "vtt" else f"[{seg.speaker}] {seg.text}")
+        lines.append(
+            f"<v {seg.speaker}>{seg.text}" if fmt == "vtt" else f"[{seg.speaker}] {seg.text}"
+        )
         lines.append("")
     return "\n".join(lines) + ("\n" if lines and fmt == "txt" else "")

@@ -53,7 +53,9 @@ class _Bar:
             self.stage = params.stage
         elif isinstance(params, SegmentParams) and self.enabled:
             seg = params.segment
-            sys.stderr.write(f"\r\x1b[K{seg.speaker} [{seg.start_time:.1f}-{seg.end_time:.1f}] {seg.text}\n")
+            sys.stderr.write(
+                f"\r\x1b[K{seg.speaker} [{seg.start_time:.1f}-{seg.end_time:.1f}] {seg.text}\n"
+            )
 
     def done(self) -> None:
         if self.enabled:
@@ -143,7 +145,11 @@ def run_selftest(config: Config, proto_fd: int) -> int:
     clip = sample_audio_path()
     t0 = time.monotonic()
     audio = load_audio(clip)
-    stage("audio decode", t0, f"{clip.name}: Opus 16 kHz → {audio.duration:.2f} s of 24 kHz mono float32")
+    stage(
+        "audio decode",
+        t0,
+        f"{clip.name}: Opus 16 kHz → {audio.duration:.2f} s of 24 kHz mono float32",
+    )
 
     t0 = time.monotonic()
     tiny = False
@@ -186,14 +192,18 @@ def run_selftest(config: Config, proto_fd: int) -> int:
         f"notifications",
     )
     if tiny:
-        say("       note: the tiny model has random weights — its words are noise, not a transcript")
+        say(
+            "       note: the tiny model has random weights — its words are noise, not a transcript"
+        )
     for seg in result.segments[:5]:
         say(f"       {seg.speaker} [{seg.start_time:.2f}-{seg.end_time:.2f}] {seg.text}")
 
     t0 = time.monotonic()
     parsed = parse_transcript(_REAL_FORMAT_SAMPLE, 4.0)
     ok = [s.speaker for s in parsed.segments] == ["Speaker_0", "Speaker_1"]
-    stage("parse", t0, f"real-format model output → {len(parsed.segments)} segments (Speaker_0 kept)")
+    stage(
+        "parse", t0, f"real-format model output → {len(parsed.segments)} segments (Speaker_0 kept)"
+    )
     if not ok:
         say("[FAIL] parse: the parser did not return the expected segments")
         return 1
@@ -207,5 +217,8 @@ def run_selftest(config: Config, proto_fd: int) -> int:
         say(f"[FAIL] schema: missing {sorted(missing)}")
         return 1
     stage("schema", t0, f"result matches the app's schema ({len(wire)} bytes of JSON)")
-    say("selftest passed" + (" (tiny model: pipeline verified, transcript is noise)" if tiny else ""))
+    say(
+        "selftest passed"
+        + (" (tiny model: pipeline verified, transcript is noise)" if tiny else "")
+    )
     return 0

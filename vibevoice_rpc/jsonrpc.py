@@ -155,7 +155,9 @@ def decode_params(params: msgspec.Raw, type_: type[_T]) -> _T:
         text = str(exc)
         field = text.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
         if text.startswith("Expected `object`"):
-            text = "params must be an object with named members (by-position arrays are not supported)"
+            text = (
+                "params must be an object with named members (by-position arrays are not supported)"
+            )
         elif text.startswith("Object missing required field"):
             field = text.split("`")[1]
         raise InvalidParams(f"Invalid params: {text}", field=field) from None

@@ -18,7 +18,11 @@ __all__ = ["load_model", "pick_device"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODULES = ("acoustic_tokenizer_encoder", "semantic_tokenizer_encoder", "multi_modal_projector")
+ENCODER_MODULES = (
+    "acoustic_tokenizer_encoder",
+    "semantic_tokenizer_encoder",
+    "multi_modal_projector",
+)
 
 
 def pick_device(device_pref: str) -> str:
@@ -93,7 +97,9 @@ def load_model(
         allow_cpu_offload=allow_cpu_offload,
     )
     check_cancelled()
-    lm_dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[plan.lm_dtype])
+    lm_dtype = getattr(
+        torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[plan.lm_dtype]
+    )
     kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
     kwargs["device_map"] = "auto" if (device == "cuda" and allow_cpu_offload) else {"": device}
     if plan.precision in ("int8", "nf4"):

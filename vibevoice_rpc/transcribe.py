@@ -140,8 +140,8 @@ def transcribe_audio(
             check_cancelled=job.check_cancelled,
             is_cancelled=lambda: job.cancelled,
             on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
-            on_first_token=lambda label=label: job.report(
-                "transcribing", window.start / duration if duration else 0.0, "transcribing" + label
+            on_first_token=lambda label=label, start=window.start: job.report(
+                "transcribing", start / duration if duration else 0.0, "transcribing" + label
             ),
             on_segment=stitcher.add,
         )
@@ -181,5 +181,3 @@ def transcribe_audio(
     )
     job.report("finalizing", 1.0, f"{len(segments)} segments")
     return TranscribeResult(segments=segments, metadata=metadata)
-
-

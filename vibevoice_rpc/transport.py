@@ -96,7 +96,9 @@ class Oversized(msgspec.Struct, frozen=True):
     tail: bytes
 
 
-def iter_lines(stream: BinaryIO, max_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes | Oversized]:
+def iter_lines(
+    stream: BinaryIO, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[bytes | Oversized]:
     """Yield each non-blank line of ``stream`` without its ``\\n`` / ``\\r\\n``, until EOF.
 
     A line longer than ``max_bytes`` is consumed to its end in bounded memory and yielded as

@@ -7,8 +7,8 @@ mapped onto the previous window's by who is talking during the shared stretch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["Window", "plan_windows", "TimedSpeech", "link_speakers", "keep_in_core"]
 
@@ -37,7 +37,9 @@ def plan_windows(
     if duration <= max_window:
         return [Window(0, 0.0, duration, 0.0, duration)]
     overlap = min(overlap, max_window / 4)
-    cuts = [0.0] + [c for c in split_points(max_window - overlap) if 0.0 < c < duration] + [duration]
+    cuts = (
+        [0.0] + [c for c in split_points(max_window - overlap) if 0.0 < c < duration] + [duration]
+    )
     windows = []
     for i in range(len(cuts) - 1):
         start = max(0.0, cuts[i] - (overlap if i else 0.0))

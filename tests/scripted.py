@@ -1,0 +1,93 @@
+"""Make the tiny random-weight model "say" a scripted real-format answer, through the real pipeline.
+
+The tiny model's own words are noise, so on its own it never produces segments. To test streaming,
+segment notifications, cancel between segments, multi-byte characters split across tokens and the
+stitching of long-audio windows end to end, a test installs a ``LogitsProcessor`` that forces the
+next token to be the next token of a scripted answer (tokenized by the model's own tokenizer).
+Everything else is real: ``from_pretrained``, the processor, the audio encoders, ``generate``, the
+streamer, the stopping criteria, the parser. An optional per-step delay makes generation slow enough
+to cancel it, or to ask ``health`` while it runs.
+
+Test code only: never imported by the product. Used in process by ``install()`` and in a child
+process by ``tests/scripted_server.py`` (env ``VIBEVOICE_TEST_SCRIPT`` / ``VIBEVOICE_TEST_STEP_DELAY``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+REAL_FORMAT_SEGMENTS: list[dict[str, Any]] = [
+    {"Start": 0, "End": 2.4, "Speaker": 0, "Content": "Guten Morgen, Grüß Gott! 🎙"},
+    {"Start": 2.4, "End": 5.25, "Speaker": 1, "Content": 'Hello, "quoted" and 我很好，谢谢。'},
+    {"Start": 5.25, "End": 8.0, "Speaker": 0, "Content": "Très bien — let us start."},
+    {"Start": 8.0, "End": 11.2, "Speaker": 1, "Content": "The budget is next."},
+]
+
+
+def real_format_answer(segments: Sequence[dict[str, Any]] = REAL_FORMAT_SEGMENTS) -> str:
+    """The model's raw answer for ``segments``: ``<|im_start|>assistant\\n[...]<|im_end|>``."""
+    body = json.dumps(list(segments), ensure_ascii=False, separators=(",", ":"))
+    return f"<|im_start|>assistant\n{body}<|im_end|>"
+
+
+def install(
+    script: str | Callable[[float], str] | None,
+    *,
+    step_delay: float = 0.0,
+    on_step: Callable[[int], None] | None = None,
+) -> Callable[[], None]:
+    """Force ``script`` on every generation the engine runs (and/or wait ``step_delay`` seconds per
+    generated token). ``script`` may be a function of the window's audio duration in seconds.
+    Returns a function that undoes the patch."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from vibevoice_rpc import generation
+
+    original = generation.run_window
+
+    class Forced(LogitsProcessor):
+        def __init__(self, ids: list[int] | None, prompt_len: int) -> None:
+            self.ids = ids
+            self.prompt_len = prompt_len
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+            step = int(input_ids.shape[1]) - self.prompt_len
+            if on_step is not None:
+                on_step(step)
+            if step_delay:
+                time.sleep(step_delay)
+            if self.ids is None:
+                return scores
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, self.ids[min(step, len(self.ids) - 1)]] = 0.0
+            return forced
+
+    def run_window(model: Any, processor: Any, run: Any, device: str) -> Any:
+        real_generate = model.generate
+
+        def generate(**kwargs: Any) -> Any:
+            ids = None
+            if script is not None:
+                text = script(run.duration) if callable(script) else script
+                ids = processor.tokenizer.encode(text, add_special_tokens=False)
+                ids.append(model.generation_config.eos_token_id)
+            processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
+            processors.append(Forced(ids, int(kwargs["input_ids"].shape[1])))
+            return real_generate(logits_processor=processors, **kwargs)
+
+        model.generate = generate  # an instance attribute shadows the class's method
+        try:
+            return original(model, processor, run, device)
+        finally:
+            del model.generate
+
+    generation.run_window = run_window
+
+    def undo() -> None:
+        generation.run_window = original
+
+    return undo
