@@ -23,6 +23,9 @@ class FakeEngine:
         self.gate = threading.Event()  # transcribe blocks until set (or cancelled)
         self.gate.set()
         self.started = threading.Event()
+        self.preload_gate = threading.Event()  # preload blocks until set
+        self.preload_gate.set()
+        self.preloading = threading.Event()
         self.calls: list[str] = []
         self.closed = False
 
@@ -57,6 +60,8 @@ class FakeEngine:
 
     def preload(self, job: Job) -> None:
         self.calls.append("preload")
+        self.preloading.set()
+        self.preload_gate.wait(5)
 
     def close(self) -> None:
         self.closed = True

@@ -281,6 +281,25 @@ def test_cancel_queued_job_answers_at_once(setup):
     assert engine.calls == ["a.wav"]
 
 
+def test_transcribe_behind_a_preload_reports_loading_model():
+    engine = FakeEngine()
+    engine.preload_gate.clear()
+    wire = Wire()
+    d = Dispatcher(engine, wire.write)
+    d.start(preload=True)
+    try:
+        assert engine.preloading.wait(5)
+        transcribe(d, "p")
+        first = wire.wait_for(lambda m: m.get("method") == "progress")["params"]
+        assert (first["id"], first["stage"]) == ("p", "loading_model")
+        assert "waiting for the model" in first["message"]
+        engine.preload_gate.set()
+        assert wire.response("p")["result"]["status"] == "success"
+        assert engine.calls == ["preload", "a.wav"]
+    finally:
+        d.close(timeout=1)
+
+
 def test_cancel_running_job_keeps_segments_so_far(setup):
     d, engine, wire = setup
     engine.gate.clear()
@@ -390,3 +409,20 @@ def test_progress_is_rate_limited_and_heartbeats(setup):
     ]
     assert len(stamps) >= 3  # the first report plus at least two heartbeats in 2.2 s
     assert len(stamps) <= 6
+
+
+def test_progress_within_a_stage_is_rate_limited_but_its_completion_is_sent_at_once():
+    from vibevoice_rpc.dispatcher import Job
+
+    sent = []
+    job = Job(1, "transcribe", None, None, lambda method, params: sent.append(params))
+    job.report("encoding", 0.0, "encoding audio")
+    for i in range(1, 100):
+        job.report("encoding", i / 200)
+    job.report("encoding", 1.0)
+    job.report("encoding", 0.3)  # never backwards within a stage
+    assert [p.progress for p in sent] == [0.0, 1.0]
+    job.heartbeat(time.monotonic() + 1.0)
+    assert sent[-1].progress == 1.0 and sent[-1].stage == "encoding"
+    job.report("transcribing", 0.0)
+    assert sent[-1].stage == "transcribing" and sent[-1].progress == 0.0

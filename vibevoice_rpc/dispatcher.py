@@ -185,8 +185,8 @@ class Job:
             raise self.cancelled_error()
 
     def report(self, stage: str, progress: float, message: str = "") -> None:
-        """Record progress. A new stage is sent at once; within a stage at most every 0.1 s,
-        and progress never goes backwards within a stage."""
+        """Record progress. A new stage and a stage's completion (1.0) are sent at once; within a
+        stage at most every 0.1 s otherwise, and progress never goes backwards within a stage."""
         now = time.monotonic()
         progress = min(1.0, max(0.0, float(progress)))
         with self._lock:
@@ -194,10 +194,11 @@ class Job:
                 self.stage, self.progress_value, self.message = stage, progress, message
                 self._emit_locked(now)
                 return
+            completes = progress >= 1.0 > self.progress_value
             self.progress_value = max(self.progress_value, progress)
             if message:
                 self.message = message
-            if now - self._last_emit >= MIN_PROGRESS_INTERVAL:
+            if completes or now - self._last_emit >= MIN_PROGRESS_INTERVAL:
                 self._emit_locked(now)
             else:
                 self._pending = True
@@ -411,8 +412,12 @@ class Dispatcher:
                     )
                 self._inflight[key] = job
             if request.method == "transcribe":  # sent before the worker can report a later stage
-                position = len(self._queue) + 1 + (1 if self._running is not None else 0)
-                job.report("queued", 0.0, f"queued at position {position}")
+                running = self._running
+                if running is not None and running.method == "preload" and not self._queue:
+                    job.report("loading_model", 0.0, "waiting for the model to load")
+                else:
+                    position = len(self._queue) + 1 + (1 if running is not None else 0)
+                    job.report("queued", 0.0, f"queued at position {position}")
             self._queue.append(job)
             self._cv.notify()
 

@@ -22,17 +22,10 @@ from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeRe
 if TYPE_CHECKING:
     from .dispatcher import Job
 
-__all__ = ["Engine", "ENCODER_MODULES"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODULES = (
-    "acoustic_tokenizer_encoder",
-    "semantic_tokenizer_encoder",
-    "multi_modal_projector",
-)
-WINDOW_OVERLAP_SECONDS = 10.0
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _LOWER = {
     "auto": "int8",
     "fp32": "bf16",
@@ -53,6 +46,7 @@ class _Loaded:
     source: str
     plan: dict[str, Any] | None
     max_window_seconds: float
+    parked: bool = False  # audio encoders on the CPU between jobs (the planner's choice)
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -19,9 +19,17 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .messages import Segment
+from .planner import ENCODER_MODULES
 from .transcript import IncrementalParser, ParsedTranscript, RepetitionDetector
 
-__all__ = ["WindowRun", "WindowResult", "run_window", "build_prompt", "token_budget"]
+__all__ = [
+    "EncoderParking",
+    "WindowRun",
+    "WindowResult",
+    "run_window",
+    "build_prompt",
+    "token_budget",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,7 @@ class WindowRun:
     on_encoding: Callable[[float], None]
     on_first_token: Callable[[], None]
     on_segment: Callable[[Segment], None]
+    park_encoders: bool = False  # the plan keeps the audio encoders on the CPU between jobs
 
 
 @dataclass
@@ -78,12 +87,41 @@ class WindowResult:
     warnings: list[str] = field(default_factory=list)
 
 
+class EncoderParking:
+    """Moves the audio encoders and the projector onto the device for encoding and back to the CPU
+    as soon as the first token exists (they are used only by the prefill), so the VRAM they take
+    is free for the KV cache while decoding. The planner decides when (small cards)."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        inner = model.model
+        self.modules = [getattr(inner, name) for name in ENCODER_MODULES]
+        self.device = device
+        self.parked = True  # the loader leaves them on the CPU
+
+    def bring_in(self) -> None:
+        if self.parked:
+            for module in self.modules:
+                module.to(self.device)
+            self.parked = False
+
+    def park(self) -> None:
+        if not self.parked:
+            for module in self.modules:
+                module.to("cpu")
+            self.parked = True
+            if self.device.startswith("cuda"):  # pragma: no cover - GPU only
+                torch.cuda.empty_cache()
+
+
 class _Watcher(StoppingCriteria):
     """Streamer + stopping criterion: decodes new tokens incrementally and feeds the parser."""
 
-    def __init__(self, tokenizer: Any, run: WindowRun) -> None:
+    def __init__(
+        self, tokenizer: Any, run: WindowRun, on_first_token: Callable[[], None] | None = None
+    ) -> None:
         self._tokenizer = tokenizer
         self._run = run
+        self._on_first_token = on_first_token
         self._parser = IncrementalParser(run.duration)
         self._detector = RepetitionDetector()
         self._pending: list[int] = []
@@ -100,6 +138,8 @@ class _Watcher(StoppingCriteria):
         ids = value.reshape(-1).tolist()
         if self.tokens == 0:
             self._run.on_first_token()
+            if self._on_first_token is not None:
+                self._on_first_token()
         for token in ids:
             self.tokens += 1
             if self._detector.push(int(token)):
@@ -149,6 +189,9 @@ def _encoder_hook(model: Any, run: WindowRun) -> Any:
 def run_window(model: Any, processor: Any, run: WindowRun, device: str) -> WindowResult:
     """Encode and transcribe one window. Raises RequestCancelled from inside encoding on cancel."""
     run.on_encoding(0.0)
+    parking = EncoderParking(model, device) if run.park_encoders else None
+    if parking is not None:
+        parking.bring_in()
     inputs = processor.apply_transcription_request(audio=run.samples, prompt=run.prompt)
     encoder_dtype = next(model.model.acoustic_tokenizer_encoder.parameters()).dtype
     moved: dict[str, Any] = {}
@@ -160,7 +203,7 @@ def run_window(model: Any, processor: Any, run: WindowRun, device: str) -> Windo
                 value = value.to(device)
         moved[key] = value
     prompt_len = int(moved["input_ids"].shape[1])
-    watcher = _Watcher(processor.tokenizer, run)
+    watcher = _Watcher(processor.tokenizer, run, parking.park if parking is not None else None)
     handle = _encoder_hook(model, run)
     try:
         with torch.inference_mode():
@@ -174,6 +217,8 @@ def run_window(model: Any, processor: Any, run: WindowRun, device: str) -> Windo
             )
     finally:
         handle.remove()
+        if parking is not None:
+            parking.park()
     generated = int(output.shape[1] - prompt_len)
     parsed, text = watcher.finish()
     warnings: list[str] = []

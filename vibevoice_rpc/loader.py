@@ -13,16 +13,56 @@ from typing import Any
 
 from .errors import ModelUnavailable
 from .model_source import resolve_model_dir
+from .planner import ENCODER_MODULES
 
 __all__ = ["load_model", "pick_device"]
 
 log = logging.getLogger(__name__)
 
-ENCODER_MODULES = (
-    "acoustic_tokenizer_encoder",
-    "semantic_tokenizer_encoder",
-    "multi_modal_projector",
-)
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message template of a logger through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, object]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+_ONCE = _Once()
+
+
+class _DropMisleadingReminder(logging.Filter):
+    """transformers compares the generated length with ``config.max_position_embeddings``, which for
+    VibeVoice-ASR is the audio encoder's chunk in tokens (450), not the language model's 64 K limit:
+    its "exceeded the model's predefined maximum length" warning is wrong for every job > 60 s."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "friendly reminder - the current text generation call has exceeded" not in str(
+            record.msg
+        )
+
+
+_REMINDER_FILTER = _DropMisleadingReminder()
+
+
+def _route_transformers_logs() -> None:
+    """transformers logs through a handler of its own ("[transformers] …"); send its records through
+    ours instead, so every stderr line has the shape the app parses."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: the server reports progress itself
+    logging.getLogger("transformers.generation.stopping_criteria").addFilter(_REMINDER_FILTER)
 
 
 def pick_device(device_pref: str) -> str:
@@ -43,6 +83,8 @@ def _quantization_config(precision: str, compute_dtype: Any) -> Any:
 
     from .planner import bitsandbytes_skip_modules
 
+    # "MatMul8bitLt: inputs will be cast …" comes once per layer per token on the CPU: say it once.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_ONCE)
     try:
         import bitsandbytes  # noqa: F401  (imported only when a quantized precision is asked for)
     except ImportError as exc:
@@ -78,6 +120,8 @@ def load_model(
 
     from .planner import plan as plan_memory
 
+    _route_transformers_logs()
+
     device = pick_device(device_pref)
     source = resolve_model_dir(model_path, offline=offline)
     config = AutoConfig.from_pretrained(source)
@@ -97,9 +141,7 @@ def load_model(
         allow_cpu_offload=allow_cpu_offload,
     )
     check_cancelled()
-    lm_dtype = getattr(
-        torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[plan.lm_dtype]
-    )
+    lm_dtype = getattr(torch, _TORCH_DTYPES[plan.lm_dtype])
     kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
     kwargs["device_map"] = "auto" if (device == "cuda" and allow_cpu_offload) else {"": device}
     if plan.precision in ("int8", "nf4"):
@@ -108,11 +150,16 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     if plan.encoder_dtype != plan.lm_dtype or plan.precision in ("int8", "nf4"):
-        enc_dtype = getattr(
-            torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[plan.encoder_dtype]
-        )
+        enc_dtype = getattr(torch, _TORCH_DTYPES[plan.encoder_dtype])
         for name in ENCODER_MODULES:
             getattr(model.model, name).to(enc_dtype)
+    # Chunked and unchunked encodings are identical; smaller chunks need less working memory.
+    model.config.acoustic_tokenizer_chunk_size = int(plan.encoder_chunk_samples)
+    parked = bool(plan.encoders_on_cpu_between_jobs) and device == "cuda"
+    if parked:  # pragma: no cover - GPU only; the sequencing is tested on CPU (EncoderParking)
+        for name in ENCODER_MODULES:
+            getattr(model.model, name).to("cpu")
+        torch.cuda.empty_cache()
     processor = AutoProcessor.from_pretrained(str(source))
     return {
         "model": model,
@@ -121,5 +168,6 @@ def load_model(
         "device": device,
         "source": str(source),
         "plan": plan.to_dict(),
+        "parked": parked,
         "max_window_seconds": float(plan.max_window_seconds or 3600.0),
     }

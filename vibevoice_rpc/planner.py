@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ModelDoesNotFit
 
 __all__ = [
+    "ENCODER_MODULES",
     "PRECISIONS",
     "AUTO_ORDER",
     "ParamCounts",
@@ -37,6 +38,13 @@ __all__ = [
     "bitsandbytes_skip_modules",
 ]
 
+# The audio side of the model (attributes of ``model.model``): never quantized, kept in fp32 where
+# memory allows, parked on the CPU between jobs on small cards.
+ENCODER_MODULES = (
+    "acoustic_tokenizer_encoder",
+    "semantic_tokenizer_encoder",
+    "multi_modal_projector",
+)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")  # best first; also the order of fitting_modes
 AUTO_ORDER = ("bf16", "fp16", "int8", "nf4")  # auto on a GPU (fp32 doubles memory for no gain)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -268,12 +276,7 @@ def bitsandbytes_skip_modules() -> list[str]:
     Patterns match from the start of the module path; passing a list replaces transformers' default
     skips, so ``lm_head`` must be named too.
     """
-    return [
-        "model.acoustic_tokenizer_encoder",
-        "model.semantic_tokenizer_encoder",
-        "model.multi_modal_projector",
-        "lm_head",
-    ]
+    return [f"model.{name}" for name in ENCODER_MODULES] + ["lm_head"]
 
 
 # --- bytes --------------------------------------------------------------------------------------

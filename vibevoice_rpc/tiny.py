@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_MODES: tuple[str, ...] = ("auto", "qwen", "trained")
 
 # Bump when the recipe changes, so cached tiny models are rebuilt.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 
 # Qwen2's special tokens in Qwen's own id order (151643…151656 in the real vocabulary). The
 # processor uses object_ref_start/end as audio bos/eos and box_start as the audio token; image_pad
@@ -295,7 +295,6 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
         gen.bos_token_id = tok.bos_token_id
         gen.do_sample = False
         gen.max_new_tokens = 32768
-        gen.max_length = 32768
         model.save_pretrained(str(out), safe_serialization=True)
 
         processor = VibeVoiceAsrProcessor(

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
-from .windows import TimedSpeech, Window, link_speakers, plan_windows
+from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_windows
 
 if TYPE_CHECKING:
     from .audio import DecodedAudio
@@ -30,7 +30,12 @@ def speaker_number(label: str) -> int:
 
 
 class _Stitcher:
-    """Turns each window's local segments into global ones, streaming them as soon as they are final."""
+    """Turns each window's local segments into global ones, streaming them as soon as they are final.
+
+    Window 0's speaker ids are kept. A later window's segments are held back until the first one
+    after the split point arrives (or the window ends): by then the shared stretch is known, its
+    speakers are linked to the previous window's, and the held segments go out with global labels.
+    """
 
     def __init__(self, job: Job, duration: float) -> None:
         self.job = job
@@ -41,10 +46,13 @@ class _Stitcher:
         self._window: Window | None = None
         self._mapping: dict[int, int] | None = None
         self._buffer: list[Segment] = []
-        self._last = False
+        self._speech: list[TimedSpeech] = []  # this window's segments, kept or not, global ids
+        self._previous: list[TimedSpeech] = []  # the same for the previous window
+        self._unlinked: set[int] = set()  # new global ids of this window not yet reported
 
-    def start_window(self, window: Window, last: bool) -> None:
-        self._window, self._last, self._buffer = window, last, []
+    def start_window(self, window: Window) -> None:
+        self._window, self._buffer, self._unlinked = window, [], set()
+        self._previous, self._speech = self._speech, []
         self._mapping = {} if window.index == 0 else None
 
     def add(self, local: Segment) -> None:
@@ -71,16 +79,14 @@ class _Stitcher:
         window = self._window
         assert window is not None
         shared = (window.start, window.core_start)
-        previous = [
-            TimedSpeech(speaker_number(s.speaker), s.start_time, s.end_time)
-            for s in self.segments
-            if s.end_time > window.start
-        ]
+        previous = [t for t in self._previous if t.end > window.start]
         current = [
             TimedSpeech(speaker_number(s.speaker), s.start_time, s.end_time) for s in self._buffer
         ]
+        before = self._next_id
         self._mapping, notes = link_speakers(previous, current, shared, self._next_id)
         self.notes.extend(notes)
+        self._unlinked = {glob for glob in self._mapping.values() if glob >= before}
         buffered, self._buffer = self._buffer, []
         for seg in buffered:
             self._emit(seg)
@@ -88,14 +94,23 @@ class _Stitcher:
     def _emit(self, seg: Segment) -> None:
         window = self._window
         assert window is not None and self._mapping is not None
-        mid = (seg.start_time + seg.end_time) / 2
-        if mid < window.core_start or (mid >= window.core_end and not self._last):
-            return  # belongs to the neighbouring window
         local = speaker_number(seg.speaker)
         if local not in self._mapping:
             self._mapping[local] = local if window.index == 0 else self._next_id
+            if window.index > 0:
+                self._unlinked.add(self._mapping[local])
         glob = self._mapping[local]
         self._next_id = max(self._next_id, glob + 1)
+        self._speech.append(TimedSpeech(glob, seg.start_time, seg.end_time))
+        if not keeps_segment(window, seg.start_time, seg.end_time):
+            return  # the neighbouring window has it whole
+        if glob in self._unlinked and self.segments:
+            self._unlinked.discard(glob)
+            self.notes.append(
+                f"speaker link uncertain: Speaker_{glob}, first heard at {seg.start_time:.1f} s "
+                f"(window {window.index + 1}), did not talk in the stretch shared with the "
+                "previous window; it may be an earlier speaker under a new label"
+            )
         final = Segment(f"Speaker_{glob}", seg.start_time, seg.end_time, seg.text)
         self.segments.append(final)
         self.job.add_segment(final)
@@ -127,8 +142,7 @@ def transcribe_audio(
     generated = budget_total = 0
     for window in windows:
         job.check_cancelled()
-        last = window.index == len(windows) - 1
-        stitcher.start_window(window, last)
+        stitcher.start_window(window)
         lo, hi = round(window.start * SAMPLE_RATE), round(window.end * SAMPLE_RATE)
         label = f" (window {window.index + 1}/{len(windows)})" if len(windows) > 1 else ""
         budget = token_budget(window.end - window.start, budget_left, None)
@@ -144,6 +158,7 @@ def transcribe_audio(
                 "transcribing", start / duration if duration else 0.0, "transcribing" + label
             ),
             on_segment=stitcher.add,
+            park_encoders=loaded.parked,
         )
         result = run_window(loaded.model, loaded.processor, run, loaded.device)
         stitcher.end_window()

@@ -1,8 +1,11 @@
 """Long audio: overlapping windows, and speaker labels kept consistent across them.
 
-Each window overlaps the previous one by a few seconds. A window keeps only the segments whose
-midpoint lies in its own *core* (from its split point to the next one), and its speaker ids are
-mapped onto the previous window's by who is talking during the shared stretch.
+Window *k* ends at a split point *s* (a quiet moment) and window *k+1* starts ``overlap`` seconds
+before *s*, so the stretch just before *s* is heard twice. Who keeps a segment heard in that
+stretch (:func:`keeps_segment`): window *k* keeps what ended before *s*; what was still going on at
+*s* (cut by window *k*'s end) comes from window *k+1*, which hears it whole. Window *k+1*'s
+speaker ids are mapped onto window *k*'s by who is talking during the shared stretch
+(:func:`link_speakers`).
 """
 
 from __future__ import annotations
@@ -10,16 +13,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Window", "plan_windows", "TimedSpeech", "link_speakers", "keep_in_core"]
+__all__ = [
+    "CUT_TOLERANCE_SECONDS",
+    "Window",
+    "plan_windows",
+    "TimedSpeech",
+    "link_speakers",
+    "keeps_segment",
+]
+
+
+# A segment ending this close to a split point counts as still going on there (cut), in both of
+# the windows that hear it: the two windows decide alike whatever small timing error they make.
+CUT_TOLERANCE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
 class Window:
     index: int
     start: float  # seconds: where the window's audio starts (includes the overlap)
-    end: float
-    core_start: float  # seconds: segments with their midpoint in [core_start, core_end) are kept
+    end: float  # the next split point (or the end of the audio)
+    core_start: float  # the previous split point: before it, the previous window is in charge
     core_end: float
+    next_start: float | None = None  # where the next window's audio starts; None for the last
 
 
 def plan_windows(
@@ -40,11 +56,18 @@ def plan_windows(
     cuts = (
         [0.0] + [c for c in split_points(max_window - overlap) if 0.0 < c < duration] + [duration]
     )
-    windows = []
-    for i in range(len(cuts) - 1):
-        start = max(0.0, cuts[i] - (overlap if i else 0.0))
-        windows.append(Window(i, start, cuts[i + 1], cuts[i], cuts[i + 1]))
-    return windows
+    starts = [max(0.0, cuts[i] - (overlap if i else 0.0)) for i in range(len(cuts) - 1)]
+    return [
+        Window(
+            i,
+            starts[i],
+            cuts[i + 1],
+            cuts[i],
+            cuts[i + 1],
+            starts[i + 1] if i + 1 < len(starts) else None,
+        )
+        for i in range(len(starts))
+    ]
 
 
 @dataclass(frozen=True)
@@ -54,13 +77,20 @@ class TimedSpeech:
     end: float
 
 
-def keep_in_core(items: list[TimedSpeech], window: Window, *, last: bool) -> list[bool]:
-    """Which of a window's segments (absolute times) belong to its core."""
-    out = []
-    for s in items:
-        mid = (s.start + s.end) / 2
-        out.append(window.core_start <= mid and (mid < window.core_end or last))
-    return out
+def keeps_segment(window: Window, start: float, end: float) -> bool:
+    """Whether ``window`` keeps its segment ``[start, end]`` (absolute seconds).
+
+    It drops what the previous window already has whole (started before the split and ended
+    before it), and what its own end cut off while the next window hears all of it. A segment cut
+    at both sides (longer than the overlap) is kept by both: its words in the overlap come twice,
+    but none are lost.
+    """
+    tol = CUT_TOLERANCE_SECONDS
+    if window.index > 0 and start < window.core_start and end < window.core_start - tol:
+        return False
+    if window.next_start is not None and end >= window.end - tol:
+        return start < window.next_start + tol
+    return True
 
 
 def link_speakers(
