@@ -3,6 +3,9 @@
     VIBEVOICE_TEST_SCRIPT=<file with the raw answer, or "default">  VIBEVOICE_TEST_STEP_DELAY=0.05 \\
         python -m tests.scripted_server [server args...]
 
+``VIBEVOICE_TEST_NOISY_LOAD=1`` makes the model load print to stdout three ways (Python ``print``,
+a write to fd 1 as C code would do, and ``sys.__stdout__``), to prove none of it reaches the channel.
+
 See tests/scripted.py. Test code only.
 """
 
@@ -24,10 +27,28 @@ def main() -> None:
             script = f.read()
     delay = float(os.environ.get("VIBEVOICE_TEST_STEP_DELAY", "0") or 0)
     scripted.install(script, step_delay=delay)
+    if os.environ.get("VIBEVOICE_TEST_NOISY_LOAD") == "1":
+        _noisy_load()
     from vibevoice_rpc.__main__ import main as server_main
 
     sys.argv[0] = "vibevoice-rpc"
     server_main()
+
+
+def _noisy_load() -> None:
+    from vibevoice_rpc import loader
+
+    real = loader.load_model
+
+    def load_model(*args, **kwargs):  # type: ignore[no-untyped-def]
+        print("print() noise during model load")
+        os.write(1, b"fd-1 noise during model load\n")
+        if sys.__stdout__ is not None:
+            sys.__stdout__.write("sys.__stdout__ noise during model load\n")
+            sys.__stdout__.flush()
+        return real(*args, **kwargs)
+
+    loader.load_model = load_model
 
 
 if __name__ == "__main__":

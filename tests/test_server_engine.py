@@ -1,0 +1,159 @@
+"""The real server process with the real engine on the tiny model, over pipes: the app's view.
+
+``tests.scripted_server`` is the real server with a real-format answer forced on the tiny model
+(and/or a delay per generated token), so segments stream and jobs last long enough to watch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .rpc_client import RpcProcess, server_env
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(180)]
+
+SCRIPTED = [sys.executable, "-m", "tests.scripted_server"]
+
+
+def _env(tiny_model: Path, **extra: str) -> dict[str, str]:
+    return server_env(VIBEVOICE_MODEL_PATH=str(tiny_model), VIBEVOICE_PRECISION="fp32", **extra)
+
+
+def _progress(p: RpcProcess, id_: Any) -> list[dict[str, Any]]:
+    return p.notifications("progress", id_)
+
+
+def test_transcribe_over_the_pipe_gives_the_apps_schema_after_its_notifications(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    env = _env(tiny_model, VIBEVOICE_TEST_SCRIPT="default")
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        rid = p.request("transcribe", {"audio_path": str(speech_clip)})
+        r = p.response(rid, timeout=120)
+        res = r["result"]
+        assert res["status"] == "success"
+        for seg in res["segments"]:  # the app parses these with strict types
+            assert set(seg) == {"speaker", "start_time", "end_time", "text"}
+            assert isinstance(seg["speaker"], str) and isinstance(seg["text"], str)
+            assert isinstance(seg["start_time"], float) and isinstance(seg["end_time"], float)
+        meta = res["metadata"]
+        assert isinstance(meta["duration"], float) and isinstance(meta["processing_time"], float)
+        assert isinstance(meta["language"], str) and isinstance(meta["model_precision"], str)
+        assert isinstance(meta["num_speakers"], int) and meta["num_speakers"] == 2
+        assert [s["speaker"] for s in res["segments"]] == ["Speaker_0", "Speaker_1"] * 2
+        # every notification of the job came before its response, segments in order, once each
+        pos = p.messages.index(r)
+        early = [m for m in p.messages[:pos] if m.get("params", {}).get("id") == rid]
+        late = [m for m in p.messages[pos:] if m.get("params", {}).get("id") == rid]
+        assert late == []
+        segs = [m["params"] for m in early if m["method"] == "segment"]
+        assert [s["index"] for s in segs] == [0, 1, 2, 3]
+        assert [s["segment"] for s in segs] == res["segments"]
+        stages = []
+        for m in early:
+            if m["method"] == "progress" and (not stages or stages[-1] != m["params"]["stage"]):
+                stages.append(m["params"]["stage"])
+        assert stages == [
+            "queued",
+            "loading_audio",
+            "loading_model",
+            "encoding",
+            "transcribing",
+            "finalizing",
+        ]
+        assert p.call("shutdown")["result"]["status"] == "ok"
+        assert p.wait_exit(10) == 0
+
+
+def test_health_answers_during_model_load_and_generation(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    env = _env(tiny_model, VIBEVOICE_TEST_SCRIPT="default", VIBEVOICE_TEST_STEP_DELAY="0.02")
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        p.call("health", timeout=60)  # torch imported
+        # int8 imports bitsandbytes and quantizes: a load that lasts seconds
+        reload_id = p.request("reload_model", {"precision": "int8"})
+        states = set()
+        while not p.responses_for(reload_id):
+            h = p.call("health", timeout=30)["result"]
+            states.add(h["state"])
+            if h["state"] == "loading":
+                assert p.responses_for(reload_id) == [], "health waited for the load"
+        assert "loading" in states
+        assert "precision: int8" in p.response(reload_id)["result"]["message"]
+        assert p.call("health")["result"]["precision"] == "int8"
+
+        rid = p.request("transcribe", {"audio_path": str(speech_clip)})
+        p.wait_for(lambda m: m.get("method") == "segment" and m["params"]["id"] == rid)
+        h = p.call("health", timeout=30)["result"]
+        assert h["state"] == "busy" and h["model_loaded"] is True
+        assert p.responses_for(rid) == [], "health waited for the transcription"
+        assert p.response(rid, timeout=120)["result"]["metadata"]["model_precision"] == "int8"
+
+
+def test_cancel_a_running_and_a_queued_transcription(tiny_model: Path, speech_clip: Path) -> None:
+    env = _env(tiny_model, VIBEVOICE_TEST_SCRIPT="default", VIBEVOICE_TEST_STEP_DELAY="0.05")
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        running = p.request("transcribe", {"audio_path": str(speech_clip)})
+        queued = p.request("transcribe", {"audio_path": str(speech_clip)})
+        p.wait_for(lambda m: m.get("method") == "segment" and m["params"]["id"] == running)
+        # the queued one is answered at once, while the first still runs
+        assert p.call("cancel", {"id": queued})["result"] == {"cancelled": True}
+        err = p.response(queued)["error"]
+        assert err["code"] == -32800 and err["data"]["segments"] == []
+        assert p.responses_for(running) == []
+        # the running one stops at its next token, with the segments streamed so far
+        p.notify("$/cancelRequest", {"id": running})
+        err = p.response(running, timeout=60)["error"]
+        streamed = [n["segment"] for n in p.notifications("segment", running)]
+        assert err["code"] == -32800 and err["data"]["kind"] == "cancelled"
+        assert err["data"]["segments"] == streamed and 1 <= len(streamed) < 4
+        assert p.call("cancel", {"id": running})["result"] == {"cancelled": False}
+        # the model stayed loaded: the next job needs no load and finishes
+        again = p.request("transcribe", {"audio_path": str(speech_clip)})
+        assert len(p.response(again, timeout=120)["result"]["segments"]) == 4
+        assert "loading_model" not in {n["stage"] for n in _progress(p, again)}
+        time.sleep(0.3)
+        assert len(p.responses_for(running)) == len(p.responses_for(queued)) == 1
+
+
+def test_progress_repeats_at_least_once_a_second_while_generating(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    # The tiny model's own noise (no segments, so no natural progress) at ~4 tokens a second.
+    env = _env(tiny_model, VIBEVOICE_TEST_STEP_DELAY="0.25")
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        stamps: list[tuple[float, str]] = []
+        rid = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 16})
+        seen = 0
+        while not p.responses_for(rid):
+            p.wait_for(lambda m: True, timeout=60)
+            fresh = _progress(p, rid)[seen:]
+            stamps += [(time.monotonic(), n["stage"]) for n in fresh]
+            seen += len(fresh)
+            time.sleep(0.02)
+        generating = [t for t, stage in stamps if stage == "transcribing"]
+        assert len(generating) >= 3  # 4 s of generation
+        gaps = [b - a for a, b in zip(generating, generating[1:], strict=False)]
+        assert max(gaps) < 2.0, gaps  # heartbeat every ~0.9 s; generous for a busy machine
+
+
+def test_library_prints_during_model_load_never_reach_stdout(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    env = _env(tiny_model, VIBEVOICE_TEST_NOISY_LOAD="1")
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        rid = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 4})
+        assert p.response(rid, timeout=120)["result"]["status"] == "success"
+        p.call("shutdown")
+        p.wait_exit(10)
+        time.sleep(0.2)
+        assert all(line.startswith(b"{") or line.startswith(b"[") for line in p.raw)
+        assert not [line for line in p.raw if b"noise" in line]
+        for text in ("print() noise", "fd-1 noise", "sys.__stdout__ noise"):
+            assert text in p.stderr

@@ -1,0 +1,118 @@
+"""Long-audio windows: planning, who keeps a segment heard twice, and speaker linking."""
+
+from __future__ import annotations
+
+import pytest
+
+from vibevoice_rpc.windows import (
+    CUT_TOLERANCE_SECONDS,
+    TimedSpeech,
+    Window,
+    keeps_segment,
+    link_speakers,
+    plan_windows,
+)
+
+
+def _even_splits(step: float) -> list[float]:
+    return [step * k for k in range(1, 100)]
+
+
+def test_audio_that_fits_is_one_window() -> None:
+    (w,) = plan_windows(3599.0, 3600.0, 10.0, _even_splits)
+    assert (w.start, w.end, w.core_start, w.core_end, w.next_start) == (
+        0.0,
+        3599.0,
+        0.0,
+        3599.0,
+        None,
+    )
+
+
+def test_windows_overlap_by_the_overlap_and_never_exceed_the_limit() -> None:
+    windows = plan_windows(10_000.0, 3600.0, 10.0, _even_splits)
+    assert [w.index for w in windows] == list(range(len(windows)))
+    assert windows[0].start == 0.0 and windows[-1].end == 10_000.0
+    for prev, nxt in zip(windows, windows[1:], strict=False):
+        assert nxt.core_start == prev.core_end == prev.end  # a window ends at the next split
+        assert nxt.start == pytest.approx(nxt.core_start - 10.0)
+        assert prev.next_start == nxt.start
+    assert all(w.end - w.start <= 3600.0 + 1e-9 for w in windows)
+    assert windows[-1].next_start is None
+
+
+def test_the_overlap_shrinks_for_short_windows() -> None:
+    windows = plan_windows(20.0, 8.0, 10.0, _even_splits)
+    assert all(w.end - w.start <= 8.0 for w in windows)
+    assert windows[1].core_start - windows[1].start == pytest.approx(2.0)  # a quarter of 8 s
+
+
+# Window 1 of a pair split at 100 s, the next window's audio starting 10 s earlier.
+FIRST = Window(0, 0.0, 100.0, 0.0, 100.0, next_start=90.0)
+SECOND = Window(1, 90.0, 200.0, 100.0, 200.0, next_start=None)
+
+
+@pytest.mark.parametrize(
+    ("seg", "first", "second", "why"),
+    [
+        ((10.0, 20.0), True, None, "well before the overlap: the first window's"),
+        ((92.0, 97.0), True, False, "ended before the split: the first window has it whole"),
+        ((95.0, 100.0), False, True, "cut by the first window's end: the second hears it whole"),
+        ((96.0, 99.9), False, True, "ends within the tolerance of the split: treated as cut"),
+        ((80.0, 100.0), True, True, "longer than the overlap, cut on both sides: kept twice"),
+        ((101.0, 110.0), None, True, "after the split: the second window's"),
+    ],
+)
+def test_each_segment_heard_twice_is_kept_by_exactly_one_window(
+    seg: tuple[float, float], first: bool | None, second: bool | None, why: str
+) -> None:
+    a, b = seg
+    if first is not None:
+        assert keeps_segment(FIRST, a, b) is first, why
+    if second is not None:
+        # the second window hears speech that began before its audio as starting there
+        assert keeps_segment(SECOND, max(a, SECOND.start), b) is second, why
+
+
+def test_the_two_windows_decide_alike_at_the_tolerance_edge() -> None:
+    edge = 100.0 - CUT_TOLERANCE_SECONDS
+    for end in (edge - 0.01, edge, edge + 0.01):
+        assert keeps_segment(FIRST, 95.0, end) != keeps_segment(SECOND, 95.0, end)
+
+
+def test_the_last_window_keeps_everything_after_its_split() -> None:
+    assert keeps_segment(SECOND, 150.0, 200.0)
+    assert keeps_segment(SECOND, 199.0, 200.0)
+
+
+def test_speakers_are_linked_by_shared_talk_time() -> None:
+    previous = [TimedSpeech(4, 80.0, 95.0), TimedSpeech(7, 95.0, 100.0)]
+    current = [
+        TimedSpeech(0, 90.0, 95.0),
+        TimedSpeech(1, 95.0, 104.0),
+        TimedSpeech(2, 104.0, 110.0),
+    ]
+    mapping, notes = link_speakers(previous, current, (90.0, 100.0), next_id=8)
+    assert mapping == {0: 4, 1: 7, 2: 8}
+    assert notes == []
+
+
+def test_a_weak_link_is_reported() -> None:
+    previous = [TimedSpeech(0, 90.0, 92.0)]
+    current = [TimedSpeech(0, 90.0, 100.0)]  # only 2 of its 10 shared seconds match
+    mapping, notes = link_speakers(previous, current, (90.0, 100.0), next_id=1)
+    assert mapping == {0: 0}
+    assert notes and "uncertain" in notes[0]
+
+
+def test_no_shared_speech_is_reported() -> None:
+    mapping, notes = link_speakers([], [TimedSpeech(0, 101.0, 105.0)], (90.0, 100.0), next_id=3)
+    assert mapping == {0: 3}
+    assert notes and "no shared speech" in notes[0]
+
+
+def test_one_global_speaker_is_never_given_to_two_local_ones() -> None:
+    previous = [TimedSpeech(0, 90.0, 100.0)]
+    current = [TimedSpeech(0, 90.0, 96.0), TimedSpeech(1, 96.0, 100.0)]
+    mapping, _ = link_speakers(previous, current, (90.0, 100.0), next_id=1)
+    assert mapping == {0: 0, 1: 1}
