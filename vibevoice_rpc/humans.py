@@ -157,7 +157,9 @@ def run_selftest(config: Config, proto_fd: int) -> int:
 
     try:
         model_dir = resolve_model_dir(config.model_path, offline=True)
-        stage("model found", t0, f"configured model at {model_dir}")
+        tiny = (model_dir / "tiny_model.json").is_file()  # a tiny model someone built earlier
+        what = "the tiny random-weight model" if tiny else "configured model"
+        stage("model found", t0, f"{what} at {model_dir}")
     except ModelUnavailable as err:
         from .tiny import tiny_model_dir
 

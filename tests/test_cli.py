@@ -1,0 +1,128 @@
+"""The command line for humans: --version, --help, transcribe FILE, selftest, and the formats."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vibevoice_rpc import PROTOCOL_VERSION, __version__
+from vibevoice_rpc.formats import render
+from vibevoice_rpc.messages import Metadata, Segment, TranscribeResult
+
+from .rpc_client import REPO, server_env
+
+SCRIPTED = [sys.executable, "-m", "tests.scripted_server"]
+
+
+def _run(args: list[str], env: dict[str, str], cmd: list[str] | None = None, timeout: float = 120):
+    base = cmd or [sys.executable, "-m", "vibevoice_rpc"]
+    return subprocess.run(
+        base + args, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=timeout
+    )
+
+
+def test_version_and_help() -> None:
+    out = _run(["--version"], server_env())
+    assert out.returncode == 0 and out.stdout.strip() == (
+        f"vibevoice-rpc {__version__} (protocol {PROTOCOL_VERSION})"
+    )
+    out = _run(["--help"], server_env())
+    assert out.returncode == 0
+    assert '{"jsonrpc":"2.0","id":1,"method":"health"}' in out.stdout  # how to talk by hand
+    for word in ("transcribe", "selftest", "VIBEVOICE_PRECISION", "VIBEVOICE_MODEL_PATH"):
+        assert word in out.stdout
+
+
+@pytest.mark.model
+@pytest.mark.timeout(180)
+def test_transcribe_a_file_to_srt(tmp_path: Path, tiny_model: Path, speech_clip: Path) -> None:
+    env = server_env(
+        VIBEVOICE_MODEL_PATH=str(tiny_model),
+        VIBEVOICE_PRECISION="fp32",
+        VIBEVOICE_TEST_SCRIPT="default",
+    )
+    target = tmp_path / "Besprechung Müller.srt"
+    out = _run(
+        ["transcribe", str(speech_clip), "--format", "srt", "-o", str(target)], env, SCRIPTED
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""  # the transcript went to the file
+    srt = target.read_text(encoding="utf-8")
+    assert srt.startswith(
+        "1\n00:00:00,000 --> 00:00:02,400\n[Speaker_0] Guten Morgen, Grüß Gott! 🎙\n"
+    )
+    assert "4\n00:00:08,000 --> 00:00:11,200\n[Speaker_1] The budget is next.\n" in srt
+    assert "4 segments, 2 speakers" in out.stderr
+
+    out = _run(["transcribe", str(speech_clip), "--format", "json"], env, SCRIPTED)
+    assert out.returncode == 0 and '"status": "success"' in out.stdout
+
+
+def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path) -> None:
+    out = _run(["transcribe", str(tmp_path / "nope.wav")], server_env())
+    assert out.returncode == 1
+    assert "error [-32001 not_found]" in out.stderr and "nope.wav" in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.model
+@pytest.mark.timeout(180)
+def test_selftest_on_the_configured_tiny_model(tiny_model: Path) -> None:
+    env = server_env(VIBEVOICE_MODEL_PATH=str(tiny_model))
+    out = _run(["selftest"], env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    for stage in ("audio decode", "model found", "model + generate", "parse", "schema"):
+        assert any(line.startswith(f"[ok] {stage}") for line in lines), out.stdout
+    assert "its words are noise" in out.stdout and lines[-1].startswith("selftest passed")
+
+
+@pytest.mark.model
+@pytest.mark.timeout(240)
+def test_selftest_builds_the_tiny_model_when_no_model_is_available(tmp_path: Path) -> None:
+    env = server_env(HF_HOME=str(tmp_path / "hf"), TMPDIR=str(tmp_path / "tmp"))
+    env.pop("VIBEVOICE_MODEL_PATH", None)
+    (tmp_path / "tmp").mkdir()
+    out = _run(["selftest"], env, timeout=200)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no real model" in out.stdout and "built the tiny random-weight model" in out.stdout
+    assert any((tmp_path / "tmp").glob("vibevoice-rpc-tiny-*/model.safetensors"))
+
+
+def _result() -> TranscribeResult:
+    return TranscribeResult(
+        segments=[
+            Segment("Speaker_0", 0.0, 1.5, "Hallo zusammen."),
+            Segment("Speaker_1", 1.5, 3661.25, "Ça va?"),
+        ],
+        metadata=Metadata(
+            duration=3700.0,
+            language="de",
+            processing_time=1.0,
+            model_precision="fp32",
+            num_speakers=2,
+        ),
+    )
+
+
+def test_formats() -> None:
+    r = _result()
+    assert render(r, "txt") == (
+        "[00:00:00.000 - 00:00:01.500] Speaker_0: Hallo zusammen.\n"
+        "[00:00:01.500 - 01:01:01.250] Speaker_1: Ça va?\n"
+    )
+    assert render(r, "srt") == (
+        "1\n00:00:00,000 --> 00:00:01,500\n[Speaker_0] Hallo zusammen.\n\n"
+        "2\n00:00:01,500 --> 01:01:01,250\n[Speaker_1] Ça va?\n"
+    )
+    assert render(r, "vtt") == (
+        "WEBVTT\n\n00:00:00.000 --> 00:00:01.500\n<v Speaker_0>Hallo zusammen.\n\n"
+        "00:00:01.500 --> 01:01:01.250\n<v Speaker_1>Ça va?\n"
+    )
+    import json
+
+    back = json.loads(render(r, "json"))
+    assert back["status"] == "success" and back["segments"][1]["end_time"] == 3661.25
