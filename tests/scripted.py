@@ -42,29 +42,30 @@ def install(
     """Force ``script`` on every generation the engine runs (and/or wait ``step_delay`` seconds per
     generated token). ``script`` may be a function of the window's audio duration in seconds.
     Returns a function that undoes the patch."""
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
+    # Patched on the first job, so a server using this still says "ready" before torch is imported.
+    from vibevoice_rpc import transcribe
 
-    from vibevoice_rpc import generation
+    original_transcribe = transcribe.transcribe_audio
+    originals: dict[str, Any] = {}
 
-    original = generation.run_window
+    def forced(ids: list[int] | None, prompt_len: int) -> Any:
+        import torch
+        from transformers import LogitsProcessor
 
-    class Forced(LogitsProcessor):
-        def __init__(self, ids: list[int] | None, prompt_len: int) -> None:
-            self.ids = ids
-            self.prompt_len = prompt_len
+        class Forced(LogitsProcessor):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+                step = int(input_ids.shape[1]) - prompt_len
+                if on_step is not None:
+                    on_step(step)
+                if step_delay:
+                    time.sleep(step_delay)
+                if ids is None:
+                    return scores
+                out = torch.full_like(scores, float("-inf"))
+                out[:, ids[min(step, len(ids) - 1)]] = 0.0
+                return out
 
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
-            step = int(input_ids.shape[1]) - self.prompt_len
-            if on_step is not None:
-                on_step(step)
-            if step_delay:
-                time.sleep(step_delay)
-            if self.ids is None:
-                return scores
-            forced = torch.full_like(scores, float("-inf"))
-            forced[:, self.ids[min(step, len(self.ids) - 1)]] = 0.0
-            return forced
+        return Forced()
 
     def run_window(model: Any, processor: Any, run: Any, device: str) -> Any:
         real_generate = model.generate
@@ -75,19 +76,33 @@ def install(
                 text = script(run.duration) if callable(script) else script
                 ids = processor.tokenizer.encode(text, add_special_tokens=False)
                 ids.append(model.generation_config.eos_token_id)
+            from transformers import LogitsProcessorList
+
             processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-            processors.append(Forced(ids, int(kwargs["input_ids"].shape[1])))
+            processors.append(forced(ids, int(kwargs["input_ids"].shape[1])))
             return real_generate(logits_processor=processors, **kwargs)
 
         model.generate = generate  # an instance attribute shadows the class's method
         try:
-            return original(model, processor, run, device)
+            return originals["run_window"](model, processor, run, device)
         finally:
             del model.generate
 
-    generation.run_window = run_window
+    def transcribe_audio(*args: Any, **kwargs: Any) -> Any:
+        from vibevoice_rpc import generation
+
+        if "run_window" not in originals:
+            originals["run_window"] = generation.run_window
+            generation.run_window = run_window
+        return original_transcribe(*args, **kwargs)
+
+    transcribe.transcribe_audio = transcribe_audio
 
     def undo() -> None:
-        generation.run_window = original
+        transcribe.transcribe_audio = original_transcribe
+        if "run_window" in originals:
+            from vibevoice_rpc import generation
+
+            generation.run_window = originals["run_window"]
 
     return undo
