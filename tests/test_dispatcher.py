@@ -426,3 +426,18 @@ def test_progress_within_a_stage_is_rate_limited_but_its_completion_is_sent_at_o
     assert sent[-1].progress == 1.0 and sent[-1].stage == "encoding"
     job.report("transcribing", 0.0)
     assert sent[-1].stage == "transcribing" and sent[-1].progress == 0.0
+
+
+def test_a_stage_change_first_sends_the_last_rate_limited_value_of_the_old_stage():
+    from vibevoice_rpc.dispatcher import Job
+
+    sent = []
+    job = Job(1, "transcribe", None, None, lambda method, params: sent.append(params))
+    job.report("transcribing", 0.1)
+    job.report("transcribing", 0.97)  # within 0.1 s: held back by the rate limit
+    job.report("finalizing", 0.0)
+    assert [(p.stage, p.progress) for p in sent] == [
+        ("transcribing", 0.1),
+        ("transcribing", 0.97),
+        ("finalizing", 0.0),
+    ]

@@ -73,10 +73,14 @@ def test_transcribe_over_the_pipe_gives_the_apps_schema_after_its_notifications(
 def test_health_answers_during_model_load_and_generation(
     tiny_model: Path, speech_clip: Path
 ) -> None:
-    env = _env(tiny_model, VIBEVOICE_TEST_SCRIPT="default", VIBEVOICE_TEST_STEP_DELAY="0.02")
+    env = _env(
+        tiny_model,
+        VIBEVOICE_TEST_SCRIPT="default",
+        VIBEVOICE_TEST_STEP_DELAY="0.02",
+        VIBEVOICE_TEST_LOAD_DELAY="2",  # every load lasts at least 2 s, however fast the machine
+    )
     with RpcProcess(cmd=SCRIPTED, env=env) as p:
         p.call("health", timeout=60)  # torch imported
-        # int8 imports bitsandbytes and quantizes: a load that lasts seconds
         reload_id = p.request("reload_model", {"precision": "int8"})
         states = set()
         while not p.responses_for(reload_id):

@@ -191,6 +191,8 @@ class Job:
         progress = min(1.0, max(0.0, float(progress)))
         with self._lock:
             if stage != self.stage:
+                if self._pending:  # the old stage's last rate-limited value, before the new stage
+                    self._emit_locked(now)
                 self.stage, self.progress_value, self.message = stage, progress, message
                 self._emit_locked(now)
                 return
