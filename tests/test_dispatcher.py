@@ -441,3 +441,23 @@ def test_a_stage_change_first_sends_the_last_rate_limited_value_of_the_old_stage
         ("transcribing", 0.97),
         ("finalizing", 0.0),
     ]
+
+
+def test_params_that_are_not_an_object_name_what_they_are(setup):
+    d, _, wire = setup
+    send(d, {"jsonrpc": "2.0", "id": 1, "method": "transcribe", "params": None})
+    send(d, {"jsonrpc": "2.0", "id": 2, "method": "transcribe", "params": ["a.wav"]})
+    first, second = wire.response(1)["error"], wire.response(2)["error"]
+    assert first["code"] == second["code"] == -32602
+    assert "not null" in first["message"] and first["data"]["field"] == "params"
+    assert "by-position" in second["message"]
+
+
+def test_a_request_with_a_fractional_id_can_be_cancelled(setup):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 1.5)
+    assert engine.started.wait(5)
+    send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": 1.5}})
+    assert wire.response("c")["result"] == {"cancelled": True}
+    assert wire.response(1.5)["error"]["code"] == -32800

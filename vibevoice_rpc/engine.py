@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL_ID, Config
@@ -189,10 +191,12 @@ class Engine:
                 err = self._oom_error(exc, precision)
             else:
                 log.exception("model load failed")
+                where = self._model_where()
                 err = ModelUnavailable(
-                    f"Model failed to load: {type(exc).__name__}: {exc}",
+                    f"Model failed to load from {where}: {type(exc).__name__}: {exc}",
                     kind="model_load_failed",
                     hint="check VIBEVOICE_MODEL_PATH points at a complete VibeVoice-ASR-HF checkpoint",
+                    path=where,
                 )
             self.last_error = err.message
             raise err from None
@@ -201,6 +205,15 @@ class Engine:
         self.last_error = None
         job.report("loading_model", 1.0, f"model loaded ({self._loaded.precision})")
         return self._loaded
+
+    def _model_where(self) -> str:
+        """The checkpoint a failed load was reading, for the error message."""
+        if not self._model_path:
+            return f"{DEFAULT_MODEL_ID} (Hugging Face cache)"
+        try:
+            return str(Path(os.path.expanduser(self._model_path)).resolve())
+        except (OSError, ValueError, RuntimeError):
+            return self._model_path
 
     def _load(self, precision: str, job: Job) -> _Loaded:
         from . import loader

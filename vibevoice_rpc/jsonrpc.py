@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from .errors import InvalidParams, InvalidRequest, ParseError, RpcError
+from .transport import find_top_level_id
 
 __all__ = [
     "Id",
@@ -40,6 +41,11 @@ Id = int | float | str | None
 PARSE_ERROR_EXAMPLE = '{"jsonrpc":"2.0","id":1,"method":"health"}'
 
 _EMPTY = msgspec.Raw(b"")
+# msgspec parses nesting recursively and raises RecursionError (not DecodeError) past the
+# interpreter's recursion limit: about 1000 levels, less the caller's stack. Such a message is an
+# invalid request, answered with its id when the id can be found without parsing the whole line.
+_KEEP = 64 * 1024
+TOO_DEEP = "Invalid Request: the message is nested too deeply (more than about 900 levels)"
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -100,6 +106,8 @@ def _readable_id(data: bytes) -> Id:
         obj = msgspec.json.decode(data)
     except msgspec.DecodeError:
         return None
+    except RecursionError:
+        return find_top_level_id(data[:_KEEP], data[-_KEEP:])
     if isinstance(obj, dict):
         value = obj.get("id")
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -122,6 +130,8 @@ def decode_message(line: bytes) -> Request | list[msgspec.Raw] | Invalid:
         )
     try:
         return _message_decoder.decode(line)
+    except RecursionError:
+        return Invalid(find_top_level_id(line[:_KEEP], line[-_KEEP:]), InvalidRequest(TOO_DEEP))
     except msgspec.ValidationError as exc:
         return Invalid(_readable_id(line), InvalidRequest(f"Invalid Request: {exc}"))
     except msgspec.DecodeError as exc:
@@ -139,6 +149,9 @@ def decode_batch_member(raw: msgspec.Raw) -> Request | Invalid:
     """Decode one member of a batch (already valid JSON)."""
     try:
         return _member_decoder.decode(raw)
+    except RecursionError:
+        data = bytes(raw)
+        return Invalid(find_top_level_id(data[:_KEEP], data[-_KEEP:]), InvalidRequest(TOO_DEEP))
     except msgspec.DecodeError as exc:
         return Invalid(_readable_id(bytes(raw)), InvalidRequest(f"Invalid Request: {exc}"))
 
@@ -151,13 +164,22 @@ def decode_params(params: msgspec.Raw, type_: type[_T]) -> _T:
     data = bytes(params) if len(params) else b"{}"
     try:
         return decoder.decode(data)
+    except RecursionError:
+        raise InvalidParams(
+            "Invalid params: nested too deeply (more than about 900 levels)"
+        ) from None
     except msgspec.ValidationError as exc:
         text = str(exc)
         field = text.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
-        if text.startswith("Expected `object`"):
+        if text.startswith("Expected `object`, got") and field is None:
+            field = "params"
+        if text.startswith("Expected `object`, got `array`"):
             text = (
                 "params must be an object with named members (by-position arrays are not supported)"
             )
+        elif text.startswith("Expected `object`, got"):
+            got = text.split("got ", 1)[1].split(" ", 1)[0].strip("`")
+            text = f"params must be an object with named members (or left out), not {got}"
         elif text.startswith("Object missing required field"):
             field = text.split("`")[1]
         raise InvalidParams(f"Invalid params: {text}", field=field) from None

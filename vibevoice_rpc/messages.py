@@ -69,7 +69,7 @@ class EmptyParams(msgspec.Struct, frozen=True):
 
 
 class CancelParams(msgspec.Struct, frozen=True):
-    id: int | str
+    id: int | float | str  # the id of the request to cancel, exactly as it was sent
 
 
 # --- results --------------------------------------------------------------------------------
