@@ -199,6 +199,8 @@ def run_window(model: Any, processor: Any, run: WindowRun, device: str) -> Windo
         if isinstance(value, torch.Tensor):
             if value.is_floating_point():
                 value = value.to(device=device, dtype=encoder_dtype)
+            elif key == "padding_mask":  # int32 from the processor: 4 bytes per sample, 1 as bool
+                value = value.to(device=device, dtype=torch.bool)
             else:
                 value = value.to(device)
         moved[key] = value

@@ -7,8 +7,10 @@ not forced (the audio encoders don't support it in transformers 5.23).
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelUnavailable
@@ -20,6 +22,64 @@ __all__ = ["load_model", "pick_device"]
 log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+_heap_frozen = False
+# (checkpoint folder, its files' mtimes) -> processor: it does not depend on the precision
+_processors: dict[tuple[str, tuple[float, ...]], Any] = {}
+
+
+def _import_frozen() -> None:
+    """Import transformers with the cyclic GC paused, then freeze everything alive so far.
+
+    A full collection walks every tracked object; once transformers is imported there are ~350 K of
+    them (module dicts, functions, classes) and one pass holds the GIL for ~0.2 s, stalling the
+    reader thread's ``health`` answers (``Engine._free_memory`` runs one per unload/reload, and on
+    CUDA after every job; the interpreter runs several on its own while transformers imports).
+    Frozen objects are skipped by later collections, which then walk only what was allocated
+    since — a model and its processor: a few ms. The model is created after the freeze, so it is
+    still collected when unloaded.
+    """
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import transformers  # noqa: F401
+        from transformers import (  # noqa: F401
+            AutoConfig,
+            AutoProcessor,
+            VibeVoiceAsrForConditionalGeneration,
+        )
+    finally:
+        gc.freeze()
+        _heap_frozen = True
+        if enabled:
+            gc.enable()
+
+
+def _cached_processor(source: str, auto_processor: Any) -> Any:
+    """The checkpoint's processor, built once per folder (again when its files change).
+
+    ``AutoProcessor.from_pretrained`` parses the 11 MB Qwen2 ``tokenizer.json`` in C code that holds
+    the GIL for ~0.3 s; every reload paid that again. The processor does not depend on the precision.
+    """
+    folder = Path(source)
+    stamp = (
+        tuple(
+            f.stat().st_mtime
+            for f in sorted(folder.iterdir())
+            if f.suffix in (".json", ".jinja", ".txt")
+        )
+        if folder.is_dir()
+        else ()
+    )
+    key = (source, stamp)
+    processor = _processors.get(key)
+    if processor is None:
+        _processors.clear()  # keep one: another checkpoint's processor is not needed again
+        processor = _processors[key] = auto_processor.from_pretrained(source)
+    return processor
 
 
 class _Once(logging.Filter):
@@ -116,6 +176,8 @@ def load_model(
 ) -> dict[str, Any]:
     """Load model + processor for ``precision``; returns the fields of the engine's loaded record."""
     import torch
+
+    _import_frozen()
     from transformers import AutoConfig, AutoProcessor, VibeVoiceAsrForConditionalGeneration
 
     from .planner import plan as plan_memory
@@ -160,7 +222,7 @@ def load_model(
         for name in ENCODER_MODULES:
             getattr(model.model, name).to("cpu")
         torch.cuda.empty_cache()
-    processor = AutoProcessor.from_pretrained(str(source))
+    processor = _cached_processor(str(source), AutoProcessor)
     return {
         "model": model,
         "processor": processor,
