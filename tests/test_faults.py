@@ -33,7 +33,6 @@ import pytest
 from .rpc_client import RpcProcess, server_env
 
 SCRIPTED = [sys.executable, "-m", "tests.scripted_server"]
-FAULT = [sys.executable, "-m", "tests.scripted_server"]  # with VIBEVOICE_TEST_OOM_AT_STEP
 # A precision lower than each one (for the OOM hint).
 LOWER_THAN = {
     "fp32": ("bf16", "fp16", "int8", "nf4"),
@@ -259,7 +258,7 @@ def test_sigkill_mid_job_leaves_no_temp_files(tiny_model, m4a_clip, tmp_path, wh
 @pytest.mark.timeout(120)
 def test_oom_mid_generation_is_reported_and_the_model_stays_usable(tiny_model, speech_clip):
     env = _env(tiny_model, VIBEVOICE_TEST_OOM_AT_STEP="3")
-    with RpcProcess(cmd=FAULT, env=env) as p:
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
         first = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 8})
         answer = p.response(first, timeout=90)
         assert "injecting OutOfMemoryError at step 3" in p.stderr
