@@ -450,3 +450,18 @@ def result_of(msg: Any, what: str) -> Any:
 
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's ``main`` and exit: its status, 1 on a :class:`BenchError`, 130 on Ctrl-C."""
+    started = time.perf_counter()
+    try:
+        code = main()
+        print(f"finished in {time.perf_counter() - started:.0f} s, exit status {code}")
+        sys.exit(code)
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped, temp files removed", file=sys.stderr)
+        sys.exit(130)

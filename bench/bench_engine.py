@@ -56,6 +56,7 @@ from _common import (  # noqa: E402
     mib,
     print_header,
     result_of,
+    run_main,
     server_env,
     spread,
     table,
@@ -554,14 +555,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    _t0 = time.perf_counter()
-    try:
-        _code = main()
-        print(f"finished in {time.perf_counter() - _t0:.0f} s, exit status {_code}")
-        sys.exit(_code)
-    except BenchError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped, temp files removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -16,6 +16,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, counts as gone). Linux /proc."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def server_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

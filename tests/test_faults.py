@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .rpc_client import RpcProcess, server_env
+from .rpc_client import RpcProcess, process_alive, server_env
 
 SCRIPTED = [sys.executable, "-m", "tests.scripted_server"]
 # A precision lower than each one (for the OOM hint).
@@ -100,14 +100,6 @@ def _leftovers(tmpdir: Path) -> list[str]:
         else:
             out.append(str(entry))
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
 
 
 def _cmdline(pid: int) -> str:
@@ -240,14 +232,14 @@ def test_sigkill_mid_job_leaves_no_temp_files(tiny_model, m4a_clip, tmp_path, wh
             p.proc.kill()
             assert p.proc.wait(10) == -signal.SIGKILL
             deadline = time.monotonic() + 5
-            while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            while any(process_alive(c) for c in children) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            orphans = [c for c in children if _alive(c)]
+            orphans = [c for c in children if process_alive(c)]
             assert not orphans, f"children outlived the killed server: {orphans}"
             assert _leftovers(tmpdir) == []
         finally:
             for c in children:
-                if _alive(c):
+                if process_alive(c):
                     os.kill(c, signal.SIGKILL)
 
 

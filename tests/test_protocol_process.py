@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .rpc_client import RpcProcess, server_env
+from .rpc_client import RpcProcess, process_alive, server_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,20 +144,12 @@ def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
     parent.wait(30)
     t0 = time.monotonic()
     try:
-        while _alive(child) and time.monotonic() - t0 < 10:
+        while process_alive(child) and time.monotonic() - t0 < 10:
             time.sleep(0.05)
-        assert not _alive(child), "server outlived its parent"
+        assert not process_alive(child), "server outlived its parent"
         assert time.monotonic() - t0 < 3.0
         assert "parent process" in log.read_text()
     finally:
         os.close(w)
-        if _alive(child):
+        if process_alive(child):
             os.kill(child, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
