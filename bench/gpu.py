@@ -95,21 +95,6 @@ def load_audio_24k(path: str) -> Any:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def quantization_config(precision: str, compute_dtype: Any) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    skip = planner.bitsandbytes_skip_modules()
-    if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=skip,
-    )
-
-
 def make_plan(
     args: argparse.Namespace, config: Any, precision: str, duration: float, budget: int
 ) -> planner.Plan:
@@ -165,6 +150,8 @@ def bench_precision(
     kwargs: dict[str, Any] = {"config": config, "dtype": lm_dtype, "use_safetensors": True}
     kwargs["device_map"] = "auto" if plan.cpu_offload else args.device
     if plan.precision in ("int8", "nf4"):
+        from vibevoice_rpc.loader import quantization_config  # the engine's own (imports torch)
+
         kwargs["quantization_config"] = quantization_config(plan.precision, lm_dtype)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

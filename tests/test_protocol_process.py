@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .rpc_client import RpcProcess, process_alive, server_env
+from .rpc_client import REPO, RpcProcess, process_alive, server_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,26 +122,39 @@ def test_sigterm_exits_zero():
         assert "SIGTERM" in p.stderr
 
 
-def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
-    """The orphan guard: the app died without closing our stdin."""
+def _orphan(tmp_path, env, request: bytes = b"", wait_for: str = ""):
+    """Start the server under a parent process that dies without closing the server's stdin;
+    return (the server's pid, its stderr log). ``request`` is written to the server's stdin
+    first; the parent dies once ``wait_for`` appears in the log (or after 3 s without one)."""
     r, w = os.pipe()
-    launcher = (
-        "import subprocess, sys\n"
-        "p = subprocess.Popen([sys.executable, '-m', 'vibevoice_rpc'], stdin=int(sys.argv[1]),"
-        " stdout=subprocess.DEVNULL, stderr=open(sys.argv[2], 'wb'), pass_fds=(int(sys.argv[1]),))\n"
-        "print(p.pid, flush=True)\n"
-        "import time; time.sleep(3)\n"  # let it start, then die without closing anything
-    )
     log = tmp_path / "stderr.txt"
+    launcher = (
+        "import os, subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'tests.scripted_server'],"
+        " stdin=int(sys.argv[1]), stdout=subprocess.DEVNULL, stderr=open(sys.argv[2], 'wb'),"
+        " pass_fds=(int(sys.argv[1]),), cwd=sys.argv[4])\n"
+        "print(p.pid, flush=True)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while sys.argv[3] and sys.argv[3] not in open(sys.argv[2]).read()"
+        " and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.5 if sys.argv[3] else 3)\n"  # then die without closing anything
+    )
     parent = subprocess.Popen(
-        [sys.executable, "-c", launcher, str(r), str(log)],
+        [sys.executable, "-c", launcher, str(r), str(log), wait_for, str(REPO)],
         stdout=subprocess.PIPE,
-        env=server_env(),
+        env=env,
         pass_fds=(r,),
     )
     child = int(parent.stdout.readline())
     os.close(r)
-    parent.wait(30)
+    if request:
+        os.write(w, request)
+    parent.wait(90)
+    return child, log, w
+
+
+def _assert_exits_soon(child: int, log, w: int) -> None:
     t0 = time.monotonic()
     try:
         while process_alive(child) and time.monotonic() - t0 < 10:
@@ -153,3 +166,28 @@ def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
         os.close(w)
         if process_alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
+    """The orphan guard: the app died without closing our stdin."""
+    _assert_exits_soon(*_orphan(tmp_path, server_env()))
+
+
+@pytest.mark.model
+def test_parent_death_ends_the_server_mid_job(tmp_path, tiny_model, speech_clip):
+    env = server_env(
+        VIBEVOICE_MODEL_PATH=str(tiny_model),
+        VIBEVOICE_PRECISION="fp32",
+        VIBEVOICE_TEST_SCRIPT="default",
+        VIBEVOICE_TEST_STEP_DELAY="0.2",  # the job lasts ~25 s: the parent dies in the middle
+    )
+    request = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "transcribe",
+            "params": {"audio_path": str(speech_clip)},
+        }
+    )
+    child, log, w = _orphan(tmp_path, env, request.encode() + b"\n", wait_for="model loaded")
+    _assert_exits_soon(child, log, w)

@@ -17,7 +17,7 @@ from .errors import ModelUnavailable
 from .model_source import resolve_model_dir
 from .planner import ENCODER_MODULES
 
-__all__ = ["load_model", "pick_device"]
+__all__ = ["load_model", "pick_device", "quantization_config"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def pick_device(device_pref: str) -> str:
     return "cuda" if cuda and device_pref != "cpu" else "cpu"
 
 
-def _quantization_config(precision: str, compute_dtype: Any) -> Any:
+def quantization_config(precision: str, compute_dtype: Any) -> Any:
+    """The ``BitsAndBytesConfig`` for int8/nf4: the audio side and ``lm_head`` stay unquantized."""
     from transformers import BitsAndBytesConfig
 
     from .planner import bitsandbytes_skip_modules
@@ -207,7 +208,7 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
     kwargs["device_map"] = "auto" if (device == "cuda" and allow_cpu_offload) else {"": device}
     if plan.precision in ("int8", "nf4"):
-        kwargs["quantization_config"] = _quantization_config(plan.precision, lm_dtype)
+        kwargs["quantization_config"] = quantization_config(plan.precision, lm_dtype)
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(str(source), **kwargs)
     model.eval()
     model.requires_grad_(False)
