@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from .errors import InvalidParams, InvalidRequest, ParseError, RpcError
-from .transport import find_top_level_id
+from .transport import id_of_unparsable
 
 __all__ = [
     "Id",
@@ -44,7 +44,6 @@ _EMPTY = msgspec.Raw(b"")
 # msgspec parses nesting recursively and raises RecursionError (not DecodeError) past the
 # interpreter's recursion limit: about 1000 levels, less the caller's stack. Such a message is an
 # invalid request, answered with its id when the id can be found without parsing the whole line.
-_KEEP = 64 * 1024
 TOO_DEEP = "Invalid Request: the message is nested too deeply (more than about 900 levels)"
 
 
@@ -107,7 +106,7 @@ def _readable_id(data: bytes) -> Id:
     except msgspec.DecodeError:
         return None
     except RecursionError:
-        return find_top_level_id(data[:_KEEP], data[-_KEEP:])
+        return id_of_unparsable(data)
     if isinstance(obj, dict):
         value = obj.get("id")
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -131,7 +130,7 @@ def decode_message(line: bytes) -> Request | list[msgspec.Raw] | Invalid:
     try:
         return _message_decoder.decode(line)
     except RecursionError:
-        return Invalid(find_top_level_id(line[:_KEEP], line[-_KEEP:]), InvalidRequest(TOO_DEEP))
+        return Invalid(id_of_unparsable(line), InvalidRequest(TOO_DEEP))
     except msgspec.ValidationError as exc:
         return Invalid(_readable_id(line), InvalidRequest(f"Invalid Request: {exc}"))
     except msgspec.DecodeError as exc:
@@ -151,7 +150,7 @@ def decode_batch_member(raw: msgspec.Raw) -> Request | Invalid:
         return _member_decoder.decode(raw)
     except RecursionError:
         data = bytes(raw)
-        return Invalid(find_top_level_id(data[:_KEEP], data[-_KEEP:]), InvalidRequest(TOO_DEEP))
+        return Invalid(id_of_unparsable(data), InvalidRequest(TOO_DEEP))
     except msgspec.DecodeError as exc:
         return Invalid(_readable_id(bytes(raw)), InvalidRequest(f"Invalid Request: {exc}"))
 

@@ -23,6 +23,7 @@ __all__ = [
     "claim_stdout",
     "iter_lines",
     "find_top_level_id",
+    "id_of_unparsable",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,11 @@ def iter_lines(
             line = line[:-1]
         if line.strip():
             yield line
+
+
+def id_of_unparsable(data: bytes) -> int | float | str | None:
+    """The top-level ``"id"`` of a line too big or too deep to parse, from its head and tail."""
+    return find_top_level_id(data[:_KEEP], data[-_KEEP:])
 
 
 def find_top_level_id(head: bytes, tail: bytes) -> int | float | str | None:
