@@ -39,12 +39,12 @@ class FakeEngine:
         if params.audio_path == "boom.wav":
             raise ValueError("boom")
         job.report("loading_audio", 0.5, "decoding")
-        job.add_segment(Segment("Speaker_0", 0.0, 1.0, "hello"))
+        job.add_segment(Segment("Speaker_0", 0.0, 1.0, "hello", speaker_id=0))
         self.started.set()
         while not self.gate.wait(0.01):
             job.check_cancelled()
         job.check_cancelled()
-        job.add_segment(Segment("Speaker_1", 1.0, 2.0, "world"))
+        job.add_segment(Segment("Speaker_1", 1.0, 2.0, "world", speaker_id=1))
         meta = Metadata(
             duration=2.0, language="en", processing_time=0.1, model_precision="fp32", num_speakers=2
         )

@@ -38,9 +38,16 @@ def install(
     *,
     step_delay: float = 0.0,
     on_step: Callable[[int], None] | None = None,
+    retries: Sequence[str] | None = None,
+    calls: list[dict[str, Any]] | None = None,
 ) -> Callable[[], None]:
     """Force ``script`` on every generation the engine runs (and/or wait ``step_delay`` seconds per
     generated token). ``script`` may be a function of the window's audio duration in seconds.
+
+    ``retries``: what the model "says" in a window's 2nd, 3rd, … ``generate`` call (the loop
+    recovery's continuations, forced after the prefix the engine passes; the last one repeats);
+    without it every call replays ``script``. ``calls`` receives one dict per ``generate`` call:
+    its try number in the window, the text the prompt ends with, and the sampling arguments.
     Returns a function that undoes the patch."""
     # Patched on the first job, so a server using this still says "ready" before torch is imported.
     from vibevoice_rpc import transcribe
@@ -69,11 +76,28 @@ def install(
 
     def run_window(model: Any, processor: Any, run: Any, device: str) -> Any:
         real_generate = model.generate
+        tries = [0]
 
         def generate(**kwargs: Any) -> Any:
             ids = None
+            attempt = tries[0]
+            tries[0] += 1
+            if calls is not None:
+                tail = processor.tokenizer.decode(kwargs["input_ids"][0][-40:].tolist())
+                calls.append(
+                    {
+                        "try": attempt,
+                        "prompt_tail": tail,
+                        "do_sample": kwargs.get("do_sample"),
+                        "temperature": kwargs.get("temperature"),
+                        "top_p": kwargs.get("top_p"),
+                        "max_new_tokens": kwargs.get("max_new_tokens"),
+                    }
+                )
             if script is not None:
                 text = script(run.duration) if callable(script) else script
+                if attempt and retries:
+                    text = retries[min(attempt, len(retries)) - 1]
                 ids = processor.tokenizer.encode(text, add_special_tokens=False)
                 ids.append(model.generation_config.eos_token_id)
             from transformers import LogitsProcessorList

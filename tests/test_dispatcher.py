@@ -309,7 +309,14 @@ def test_cancel_running_job_keeps_segments_so_far(setup):
     err = wire.response("t")["error"]
     assert err["code"] == -32800
     assert err["data"]["segments"] == [
-        {"speaker": "Speaker_0", "start_time": 0.0, "end_time": 1.0, "text": "hello"}
+        {
+            "speaker": "Speaker_0",
+            "start_time": 0.0,
+            "end_time": 1.0,
+            "text": "hello",
+            "speaker_id": 0,
+            "non_speech": False,
+        }
     ]
     send(d, {"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"id": "t"}})
     assert wire.response("c")["result"] == {"cancelled": False}

@@ -4,6 +4,7 @@ the real generate loop (the tiny model's own words are noise)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def test_language_is_identified_from_the_text_or_taken_from_the_request(
     assert given.metadata.language == "fr"
 
 
-def test_hotwords_context_and_language_reach_the_prompt(
+def test_hotwords_and_context_reach_the_prompt_in_the_trained_wording(
     engine: Engine, speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(engine, audio_path=str(speech_clip), max_new_tokens=1)  # loaded
@@ -190,7 +191,7 @@ def test_hotwords_context_and_language_reach_the_prompt(
         return out
 
     monkeypatch.setattr(processor, "apply_transcription_request", spy)
-    run(
+    result, _ = run(
         engine,
         audio_path=str(speech_clip),
         max_new_tokens=1,
@@ -199,10 +200,15 @@ def test_hotwords_context_and_language_reach_the_prompt(
         language="de",
     )
     (prompt,) = prompts
-    assert (
-        "with extra info: Weekly sync of the audio team.\nHotwords: Trispr, VibeVoice\n"
-        "Language: de" in prompt
+    # The trained wording: context items as plain lines, no language line (the model detects it).
+    duration = f"{result.metadata.duration:.2f}"
+    assert prompt.endswith(
+        f"<|object_ref_end|>\nThis is a {duration} seconds audio, with extra info: Trispr\n"
+        "VibeVoice\nWeekly sync of the audio team.\n\nPlease transcribe it with these keys: "
+        "Start time, End time, Speaker ID, Content<|im_end|>\n"
     )
+    assert "Hotwords" not in prompt and "Language" not in prompt
+    assert result.metadata.language == "de"
 
 
 # --- output limits ---------------------------------------------------------------------------
@@ -223,17 +229,110 @@ def test_a_cut_answer_keeps_its_complete_segments_and_says_truncated(
     assert any("token budget" in w for w in result.metadata.warnings)
 
 
-def test_a_repetition_loop_is_stopped_and_the_complete_segments_kept(
+LOOP_START = '<|im_start|>assistant\n[{"Start":0,"End":1.5,"Speaker":0,"Content":"Hello there."},'
+LOOP = '{"Start":1.5,"End":2,"Speaker":1,"Content":"' + "la " * 2000
+
+
+def test_a_repetition_loop_is_stopped_when_every_recovery_loops_too(
     engine: Engine, speech_clip: Path, script: Callable[..., None]
 ) -> None:
-    start = '<|im_start|>assistant\n[{"Start":0,"End":1.5,"Speaker":0,"Content":"Hello there."},'
-    script(start + '{"Start":1.5,"End":2,"Speaker":1,"Content":"' + "la " * 2000)
-    result, _ = run(engine, audio_path=str(speech_clip), max_new_tokens=1500)
+    calls: list[dict[str, Any]] = []
+    script(LOOP_START + LOOP, retries=[LOOP], calls=calls)
+    result, rec = run(engine, audio_path=str(speech_clip), max_new_tokens=1500)
     meta = result.metadata
     assert [s.text for s in result.segments] == ["Hello there."]
-    assert meta.repetition_stopped is True
-    assert meta.generated_tokens < 400  # stopped long before the budget
-    assert any("repeating itself" in w for w in meta.warnings)
+    assert [p.segment.text for m, p in rec.events if m == "segment"] == ["Hello there."]
+    assert meta.repetition_stopped is True and meta.loop_recoveries == 3
+    assert [c["temperature"] for c in calls] == [None, 0.2, 0.3, 0.4]
+    # Each of the four tries was stopped ~100 tokens in, long before the 1,500-token budget.
+    assert meta.generated_tokens < 4 * 150
+    assert any("3 recovery tries looped too" in w for w in meta.warnings)
+
+
+def test_a_repetition_loop_is_recovered_from_the_last_complete_segment(
+    engine: Engine, speech_clip: Path, script: Callable[..., None]
+) -> None:
+    calls: list[dict[str, Any]] = []
+    rest = [
+        {"Start": 1.5, "End": 4.0, "Speaker": 1, "Content": "Fine, thanks."},
+        {"Start": 4.0, "End": 5.2, "Content": "[Silence]"},
+        {"Start": 5.2, "End": 9.0, "Speaker": 0, "Content": "Then let us begin."},
+    ]
+    body = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+    script(LOOP_START + LOOP, retries=[body[1:] + "<|im_end|>"], calls=calls)
+    result, rec = run(engine, audio_path=str(speech_clip), max_new_tokens=1500)
+    meta = result.metadata
+    texts = ["Hello there.", "Fine, thanks.", "[Silence]", "Then let us begin."]
+    assert [s.text for s in result.segments] == texts
+    streamed = [p for m, p in rec.events if m == "segment"]
+    assert [p.segment.text for p in streamed] == texts  # nothing of the loop was ever sent
+    assert [p.index for p in streamed] == [0, 1, 2, 3]
+    assert (meta.loop_recoveries, meta.repetition_stopped, meta.truncated) == (1, False, False)
+    assert meta.num_speakers == 2  # the [Silence] segment has no speaker and does not count
+    assert [s.speaker_id for s in result.segments] == [0, 1, None, 0]
+    assert any("recovery 1 of 3" in w for w in meta.warnings)
+    # The retry continued after the last complete segment, sampling as Microsoft's client does.
+    first, retry = calls
+    assert first["do_sample"] is False
+    assert retry["prompt_tail"].endswith(
+        '<|im_start|>assistant\n[{"Start":0,"End":1.5,"Speaker":0,"Content":"Hello there."},'
+    )
+    assert (retry["do_sample"], retry["temperature"], retry["top_p"]) == (True, 0.2, 0.95)
+
+
+def test_a_loop_of_whole_segments_sends_none_of_the_repeats(
+    engine: Engine, speech_clip: Path, script: Callable[..., None]
+) -> None:
+    first = {"Start": 0, "End": 1.0, "Speaker": 0, "Content": "Are you there?"}
+    a = {"Start": 1.0, "End": 2.0, "Speaker": 1, "Content": "Yes."}
+    b = {"Start": 2.0, "End": 3.0, "Speaker": 0, "Content": "Good."}
+    loop = [first] + [a, b] * 40
+    answer = scripted.real_format_answer(loop)
+    last = {"Start": 3.0, "End": 6.0, "Speaker": 1, "Content": "Shall we start?"}
+    tail = json.dumps([last], separators=(",", ":"))[1:] + "<|im_end|>"
+    script(answer, retries=[tail])
+    result, rec = run(engine, audio_path=str(speech_clip), max_new_tokens=3000)
+    texts = [s.text for s in result.segments]
+    streamed = [p.segment.text for m, p in rec.events if m == "segment"]
+    assert streamed == texts
+    assert texts[0] == "Are you there?" and texts[-1] == "Shall we start?"
+    assert len(texts) <= 4  # at most one copy of the repeating pair before the cut
+    assert result.metadata.loop_recoveries == 1
+
+
+def test_cancel_during_a_recovery_try_keeps_the_segments_before_the_loop(
+    engine: Engine, speech_clip: Path, script: Callable[..., None]
+) -> None:
+    calls: list[dict[str, Any]] = []
+    rec = Recorder()
+
+    def on_step(step: int) -> None:
+        if len(calls) == 2 and step == 3 and rec.job is not None:
+            rec.job.cancel()  # what cancel and $/cancelRequest do
+
+    script(LOOP_START + LOOP, retries=[LOOP], calls=calls, on_step=on_step)
+    with pytest.raises(RequestCancelled) as info:
+        run(engine, rec, audio_path=str(speech_clip), max_new_tokens=1500)
+    assert len(calls) == 2  # stopped inside the first recovery try; no further try started
+    assert [s.text for s in info.value.data["segments"]] == ["Hello there."]
+
+
+def test_out_of_memory_during_a_recovery_try_is_reported(
+    engine: Engine, speech_clip: Path, script: Callable[..., None]
+) -> None:
+    import torch
+
+    calls: list[dict[str, Any]] = []
+
+    def on_step(step: int) -> None:
+        if len(calls) == 2 and step == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+
+    script(LOOP_START + LOOP, retries=[LOOP], calls=calls, on_step=on_step)
+    with pytest.raises(OutOfMemory) as info:
+        run(engine, audio_path=str(speech_clip), max_new_tokens=1500)
+    assert "CUDA out of memory" in info.value.message
+    assert run(engine, audio_path=str(speech_clip), max_new_tokens=1)[0].metadata  # still works
 
 
 def test_the_token_budget_scales_with_duration(engine: Engine, tmp_path: Path) -> None:

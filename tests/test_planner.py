@@ -154,8 +154,11 @@ def test_audio_tokens_are_7_5_per_second() -> None:
     assert window_tokens(60).audio == 450
     hour = window_tokens(3600)
     assert hour.audio == 27000
-    assert hour.new == 36000 + planner.OUTPUT_TOKENS_BASE
-    assert hour.total < 65536  # fits the 64 K context
+    # An hour would ask for 12/s x 3600 + 256 new tokens; the 64 K context caps it.
+    assert hour.new == planner.MAX_CONTEXT_TOKENS - hour.prompt < 43200 + planner.OUTPUT_TOKENS_BASE
+    assert hour.total == 65536  # exactly fills the 64 K context the model was trained for
+    half = window_tokens(1800)
+    assert half.new == 1800 * 12 + planner.OUTPUT_TOKENS_BASE  # below the cap: the plain rate
     assert window_tokens(3600, max_new_tokens=1000).new == 1000
     assert window_tokens(60, output_tokens_per_second=20).new == 1200 + planner.OUTPUT_TOKENS_BASE
 

@@ -55,9 +55,9 @@ ESCAPED = (
 def test_real_format_gives_segments_with_speaker_labels() -> None:
     parsed = parse_transcript(REAL, 31.0)
     assert parsed.segments == [
-        Segment("Speaker_0", 0.0, 15.43, "Hello everyone, welcome."),
-        Segment("Speaker_1", 15.43, 21.9, "Thanks. Let's start."),
-        Segment("Speaker_0", 22.05, 30.5, "Okay."),
+        Segment("Speaker_0", 0.0, 15.43, "Hello everyone, welcome.", speaker_id=0),
+        Segment("Speaker_1", 15.43, 21.9, "Thanks. Let's start.", speaker_id=1),
+        Segment("Speaker_0", 22.05, 30.5, "Okay.", speaker_id=0),
     ]
     assert not parsed.truncated
     assert parsed.warnings == []
@@ -67,7 +67,7 @@ def test_real_format_gives_segments_with_speaker_labels() -> None:
 
 def test_speaker_zero_and_time_zero_are_kept() -> None:
     parsed = parse_transcript('[{"Start":0.0,"End":0,"Speaker":0,"Content":"a"}]', 10.0)
-    assert parsed.segments == [Segment("Speaker_0", 0.0, 0.0, "a")]
+    assert parsed.segments == [Segment("Speaker_0", 0.0, 0.0, "a", speaker_id=0)]
 
 
 def test_leading_assistant_after_skipping_special_tokens() -> None:
@@ -205,7 +205,7 @@ def test_segments_without_text_are_dropped_but_counted() -> None:
         ]
     )
     parsed = parse_transcript(text, 10.0)
-    assert parsed.segments == [Segment("Speaker_1", 3.0, 4.0, "kept")]
+    assert parsed.segments == [Segment("Speaker_1", 3.0, 4.0, "kept", speaker_id=1)]
     assert parsed.raw_count == 4
     assert any("without text" in w for w in parsed.warnings)
 
@@ -281,16 +281,16 @@ def test_speaker_labels(value: object, label: str) -> None:
 
 def test_key_variants_are_tolerated() -> None:
     seg = normalize_segment({"start": "1.5", "end_time": 3, "speaker_id": "1", "text": " hi "}, 10)
-    assert seg == Segment("Speaker_1", 1.5, 3.0, "hi")
+    assert seg == Segment("Speaker_1", 1.5, 3.0, "hi", speaker_id=1)
     seg = normalize_segment(
         {"Start time": "00:01:02.5", "End time": "1:03", "Speaker ID": 2, "Content": "x"}, 100
     )
-    assert seg == Segment("Speaker_2", 62.5, 63.0, "x")
+    assert seg == Segment("Speaker_2", 62.5, 63.0, "x", speaker_id=2)
 
 
 def test_missing_times_fall_back_to_the_previous_end() -> None:
     assert normalize_segment({"Content": "x", "Speaker": 0}, 10, fallback_start=4.0) == Segment(
-        "Speaker_0", 4.0, 4.0, "x"
+        "Speaker_0", 4.0, 4.0, "x", speaker_id=0
     )
     assert normalize_segment({"Content": "x", "End": 6}, 10, fallback_start=4.0) == Segment(
         "Speaker_unknown", 4.0, 6.0, "x"
@@ -367,7 +367,7 @@ def test_a_segment_is_emitted_as_soon_as_its_brace_closes() -> None:
     assert parser.feed(REAL[: first_close - 1]) == []
     assert parser.last_end_time == 0.0
     got = parser.feed(REAL[first_close - 1 : first_close])
-    assert got == [Segment("Speaker_0", 0.0, 15.43, "Hello everyone, welcome.")]
+    assert got == [Segment("Speaker_0", 0.0, 15.43, "Hello everyone, welcome.", speaker_id=0)]
     assert parser.last_end_time == 15.43
     parser.feed(REAL[first_close:])
     assert parser.last_end_time == 30.5

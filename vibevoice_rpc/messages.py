@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .prompt import MAX_CONTEXT_CHARS, MAX_HOTWORD_CHARS, MAX_HOTWORDS
+
 __all__ = [
     "PRECISIONS",
     "Precision",
@@ -44,17 +46,27 @@ STAGES: tuple[str, ...] = (
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+# "auto" or a language code such as "de", "en-US", "yue", "zh_Hans".
+Language = Annotated[
+    str, msgspec.Meta(pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)$")
+]
+Hotword = Annotated[str, msgspec.Meta(max_length=MAX_HOTWORD_CHARS)]
+Hotwords = Annotated[list[Hotword], msgspec.Meta(max_length=MAX_HOTWORDS)]
+Context = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT_CHARS)]
 
 
 # --- params ---------------------------------------------------------------------------------
 
 
 class TranscribeParams(msgspec.Struct, frozen=True):
+    """``language`` is never put in the prompt (the model detects it): it becomes
+    ``metadata.language`` as given. ``hotwords`` and ``context`` become the prompt's context lines."""
+
     audio_path: NonEmptyStr
     precision: Precision | None = None
-    language: str = "auto"
-    hotwords: list[str] = []
-    context: str | None = None
+    language: Language = "auto"
+    hotwords: Hotwords = []
+    context: Context | None = None
     max_new_tokens: PositiveInt | None = None
 
 
@@ -76,10 +88,20 @@ class CancelParams(msgspec.Struct, frozen=True):
 
 
 class Segment(msgspec.Struct, frozen=True):
+    """One stretch of the transcript. The first four fields are the app's contract.
+
+    ``speaker_id`` is the number in ``speaker`` for a numbered speaker, else null (the model wrote
+    no speaker, ``"N/A"`` or a name); ``non_speech`` marks text that is only bracketed tags such as
+    ``[Silence]`` or ``[Music]``. Neither kind is linked to a numbered speaker or counted in
+    ``num_speakers``.
+    """
+
     speaker: str
     start_time: float
     end_time: float
     text: str
+    speaker_id: int | None = None
+    non_speech: bool = False
 
 
 class Metadata(msgspec.Struct):
@@ -92,6 +114,7 @@ class Metadata(msgspec.Struct):
     model: str = ""
     truncated: bool = False
     repetition_stopped: bool = False
+    loop_recoveries: int = 0
     warnings: list[str] = []
     windows: int = 1
     max_new_tokens: int = 0

@@ -33,6 +33,7 @@ __all__ = [
     "real_size_config",
     "weights_bytes",
     "window_tokens",
+    "output_budget",
     "kv_cache_bytes",
     "plan",
     "bitsandbytes_skip_modules",
@@ -58,9 +59,17 @@ NF4_BLOCK = 64
 NF4_BYTES_PER_PARAM = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * 256)
 
 SAMPLE_RATE = 24000
-PROMPT_OVERHEAD_TOKENS = 512  # chat template, "this is a N seconds audio" line, hotwords/context
-OUTPUT_TOKENS_PER_SECOND = 10.0  # dense speech: a 30-min meeting used 16-19 K tokens
+# The prompt around the audio tokens: the chat template and instruction (~64 tokens with the real
+# Qwen2 tokenizer) plus at most MAX_CONTEXT_PROMPT_TOKENS of context/hotwords (the engine refuses more).
+MAX_CONTEXT_PROMPT_TOKENS = 448
+PROMPT_OVERHEAD_TOKENS = 512
+# The one output-budget rate, used by the engine's max_new_tokens and by the planner's KV cache:
+# dense speech needs ~9-10.6 tokens/s (a 30-min meeting used 16-19 K tokens), plus headroom.
+OUTPUT_TOKENS_PER_SECOND = 12.0
 OUTPUT_TOKENS_BASE = 256
+# Prompt + new tokens never exceed the context Microsoft's server runs the model with
+# (``--max-model-len 65536``): the model was trained for 64 K tokens.
+MAX_CONTEXT_TOKENS = 65536
 MIN_WINDOW_SECONDS = 60.0  # a mode "fits" when it can at least run windows this long
 MAX_WINDOW_SECONDS = 3600.0  # the model is built for <= 60 min in one pass (64 K context)
 ENCODER_CHUNK_SECONDS = (30, 20, 10)  # smaller encoder chunks tried when the config's does not fit
@@ -315,13 +324,26 @@ def window_tokens(
     max_new_tokens: int | None = None,
     output_tokens_per_second: float = OUTPUT_TOKENS_PER_SECOND,
 ) -> TokenCounts:
-    """Tokens for ``seconds`` of audio: one audio token per hop (7.5/s) + prompt + output budget."""
+    """Tokens for ``seconds`` of audio: one audio token per hop (7.5/s) + prompt + output budget,
+    the output capped so that the total stays within :data:`MAX_CONTEXT_TOKENS`."""
     audio = int(math.ceil(seconds * SAMPLE_RATE / hop_length)) if seconds > 0 else 0
     prompt = audio + PROMPT_OVERHEAD_TOKENS
-    new = int(math.ceil(seconds * output_tokens_per_second)) + OUTPUT_TOKENS_BASE
-    if max_new_tokens is not None:
-        new = min(new, max_new_tokens)
+    new = output_budget(seconds, max_new_tokens, output_tokens_per_second)
+    new = max(1, min(new, MAX_CONTEXT_TOKENS - prompt))
     return TokenCounts(audio=audio, prompt=prompt, new=new, total=prompt + new)
+
+
+def output_budget(
+    seconds: float,
+    requested: int | None = None,
+    output_tokens_per_second: float = OUTPUT_TOKENS_PER_SECOND,
+) -> int:
+    """``max_new_tokens`` for ``seconds`` of audio: the rate × duration + a base, capped by the
+    request (the context cap is applied where the prompt's length is known)."""
+    new = int(math.ceil(max(0.0, seconds) * output_tokens_per_second)) + OUTPUT_TOKENS_BASE
+    if requested is not None:
+        new = min(new, requested)
+    return max(1, new)
 
 
 def _text_config(config: Any) -> Any:

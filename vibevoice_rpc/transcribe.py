@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .errors import InvalidParams
 from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
+from .prompt import MAX_CONTEXT_TOKENS, build_context
 from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_windows
 
 if TYPE_CHECKING:
@@ -14,19 +15,12 @@ if TYPE_CHECKING:
     from .dispatcher import Job
     from .engine import _Loaded
 
-__all__ = ["transcribe_audio", "speaker_number"]
+__all__ = ["transcribe_audio"]
 
 log = logging.getLogger(__name__)
 
 WINDOW_OVERLAP_SECONDS = 10.0
 SAMPLE_RATE = 24000
-_SPEAKER_RE = re.compile(r"(-?\d+)")
-
-
-def speaker_number(label: str) -> int:
-    """The number in a ``Speaker_<n>`` label (the app colours speakers by it)."""
-    match = _SPEAKER_RE.search(label)
-    return int(match.group(1)) if match else 0
 
 
 class _Stitcher:
@@ -35,6 +29,8 @@ class _Stitcher:
     Window 0's speaker ids are kept. A later window's segments are held back until the first one
     after the split point arrives (or the window ends): by then the shared stretch is known, its
     speakers are linked to the previous window's, and the held segments go out with global labels.
+    Only numbered speakers (``speaker_id``) are linked and renumbered, and only their speech
+    counts as talking; a segment without a number keeps the label the model gave it.
     """
 
     def __init__(self, job: Job, duration: float) -> None:
@@ -63,6 +59,8 @@ class _Stitcher:
             start_time=round(min(self.duration, local.start_time + window.start), 3),
             end_time=round(min(self.duration, local.end_time + window.start), 3),
             text=local.text,
+            speaker_id=local.speaker_id,
+            non_speech=local.non_speech,
         )
         if self._mapping is None:
             self._buffer.append(seg)
@@ -81,7 +79,9 @@ class _Stitcher:
         shared = (window.start, window.core_start)
         previous = [t for t in self._previous if t.end > window.start]
         current = [
-            TimedSpeech(speaker_number(s.speaker), s.start_time, s.end_time) for s in self._buffer
+            TimedSpeech(s.speaker_id, s.start_time, s.end_time)
+            for s in self._buffer
+            if s.speaker_id is not None and not s.non_speech
         ]
         before = self._next_id
         self._mapping, notes = link_speakers(previous, current, shared, self._next_id)
@@ -94,28 +94,58 @@ class _Stitcher:
     def _emit(self, seg: Segment) -> None:
         window = self._window
         assert window is not None and self._mapping is not None
-        local = speaker_number(seg.speaker)
-        if local not in self._mapping:
-            self._mapping[local] = local if window.index == 0 else self._next_id
-            if window.index > 0:
-                self._unlinked.add(self._mapping[local])
-        glob = self._mapping[local]
-        self._next_id = max(self._next_id, glob + 1)
-        self._speech.append(TimedSpeech(glob, seg.start_time, seg.end_time))
+        glob = self._global_id(seg.speaker_id) if seg.speaker_id is not None else None
+        if glob is not None and not seg.non_speech:
+            self._speech.append(TimedSpeech(glob, seg.start_time, seg.end_time))
         if not keeps_segment(window, seg.start_time, seg.end_time):
             return  # the neighbouring window has it whole
-        if glob in self._unlinked and self.segments:
+        if glob is not None and glob in self._unlinked and self.segments:
             self._unlinked.discard(glob)
             self.notes.append(
                 f"speaker link uncertain: Speaker_{glob}, first heard at {seg.start_time:.1f} s "
                 f"(window {window.index + 1}), did not talk in the stretch shared with the "
                 "previous window; it may be an earlier speaker under a new label"
             )
-        final = Segment(f"Speaker_{glob}", seg.start_time, seg.end_time, seg.text)
+        label = f"Speaker_{glob}" if glob is not None else seg.speaker
+        final = Segment(
+            label,
+            seg.start_time,
+            seg.end_time,
+            seg.text,
+            speaker_id=glob,
+            non_speech=seg.non_speech,
+        )
         self.segments.append(final)
         self.job.add_segment(final)
         if self.duration > 0:
             self.job.report("transcribing", final.end_time / self.duration)
+
+    def _global_id(self, local: int) -> int:
+        """The global number of this window's speaker ``local`` (a new one if not linked)."""
+        window = self._window
+        assert window is not None and self._mapping is not None
+        if local not in self._mapping:
+            self._mapping[local] = local if window.index == 0 else self._next_id
+            if window.index > 0:
+                self._unlinked.add(self._mapping[local])
+        glob = self._mapping[local]
+        self._next_id = max(self._next_id, glob + 1)
+        return glob
+
+
+def _check_context_tokens(processor: Any, context: str | None) -> None:
+    """Refuse context/hotwords longer than the prompt has room for (before any audio is encoded)."""
+    if not context:
+        return
+    tokens = len(processor.tokenizer.encode(context, add_special_tokens=False))
+    if tokens > MAX_CONTEXT_TOKENS:
+        raise InvalidParams(
+            f"context and hotwords are {tokens} tokens long; the prompt has room for "
+            f"{MAX_CONTEXT_TOKENS} (shorten them)",
+            kind="prompt_too_long",
+            tokens=tokens,
+            max_tokens=MAX_CONTEXT_TOKENS,
+        )
 
 
 def transcribe_audio(
@@ -123,21 +153,23 @@ def transcribe_audio(
 ) -> TranscribeResult:
     """Run the model over ``audio`` (window by window when long) and build the app's result."""
     from .audio import quiet_split_points
-    from .generation import WindowRun, build_prompt, run_window, token_budget
-    from .transcript import detect_language
+    from .generation import WindowRun, run_window
+    from .transcript import count_speakers, detect_language, spoken_text
 
     duration = audio.duration
     samples = audio.samples
+    context = build_context(params.hotwords, params.context)
+    _check_context_tokens(loaded.processor, context)
 
     def splits(step: float) -> list[float]:
         points = quiet_split_points(samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4))
         return [p / SAMPLE_RATE for p in points]
 
     windows = plan_windows(duration, loaded.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
-    prompt = build_prompt(params.hotwords, params.context, params.language)
     stitcher = _Stitcher(job, duration)
     warnings: list[str] = []
     truncated = repetition = False
+    recoveries = 0
     budget_left = params.max_new_tokens
     generated = budget_total = 0
     for window in windows:
@@ -145,12 +177,11 @@ def transcribe_audio(
         stitcher.start_window(window)
         lo, hi = round(window.start * SAMPLE_RATE), round(window.end * SAMPLE_RATE)
         label = f" (window {window.index + 1}/{len(windows)})" if len(windows) > 1 else ""
-        budget = token_budget(window.end - window.start, budget_left, None)
         run = WindowRun(
             samples=samples[lo:hi],
             duration=window.end - window.start,
-            prompt=prompt,
-            max_new_tokens=budget,
+            prompt=context,
+            max_new_tokens=budget_left,
             check_cancelled=job.check_cancelled,
             is_cancelled=lambda: job.cancelled,
             on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
@@ -163,31 +194,32 @@ def transcribe_audio(
         result = run_window(loaded.model, loaded.processor, run, loaded.device)
         stitcher.end_window()
         generated += result.generated_tokens
-        budget_total += budget
+        budget_total += result.max_new_tokens
         if budget_left is not None:
             budget_left = max(1, budget_left - result.generated_tokens)
         job.check_cancelled()
         truncated = truncated or result.parsed.truncated or result.budget_exhausted
         repetition = repetition or result.repetition_stopped
+        recoveries += result.recoveries
         warnings.extend(label.strip() + " " + w if label else w for w in result.warnings)
         warnings.extend(result.parsed.warnings)
     job.report("finalizing", 0.0, "finalizing")
     segments = stitcher.segments
-    text = " ".join(s.text for s in segments)
     if params.language and params.language.lower() != "auto":
         language = params.language
     else:
-        language = detect_language(text)
+        language = detect_language(spoken_text(segments))
     metadata = Metadata(
         duration=round(duration, 3),
         language=language,
         processing_time=0.0,
         model_precision=loaded.precision,
-        num_speakers=len({s.speaker for s in segments}),
+        num_speakers=count_speakers(segments),
         device=loaded.device,
         model=loaded.source,
         truncated=truncated,
         repetition_stopped=repetition,
+        loop_recoveries=recoveries,
         warnings=warnings + stitcher.notes,
         windows=len(windows),
         max_new_tokens=budget_total,

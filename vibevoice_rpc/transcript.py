@@ -34,6 +34,8 @@ __all__ = [
     "normalize_segment",
     "parse_transcript",
     "detect_language",
+    "is_non_speech",
+    "parse_speaker",
     "speaker_label",
 ]
 
@@ -55,6 +57,8 @@ _SPEAKER_PREFIX_RE = re.compile(
 )
 _CLOCK_RE = re.compile(r"^\s*(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)\s*$")
 _LABEL_CLEAN_RE = re.compile(r"[^\w.-]+")
+# The model's non-speech segments: "[Silence]", "[Music]", "[Environmental Sounds]", "[Unintelligible]".
+_NON_SPEECH_RE = re.compile(r"^(?:\s*\[[^\[\]]*[^\s\[\]][^\[\]]*\])+\s*$")
 
 
 @dataclass
@@ -72,11 +76,21 @@ class ParsedTranscript:
 
     @property
     def num_speakers(self) -> int:
-        return len({s.speaker for s in self.segments})
+        return count_speakers(self.segments)
 
     @property
     def text(self) -> str:
-        return " ".join(s.text for s in self.segments)
+        return spoken_text(self.segments)
+
+
+def count_speakers(segments: Iterable[Segment]) -> int:
+    """Distinct numbered speakers of the speech segments (not ``[Silence]``, ``N/A``, …)."""
+    return len({s.speaker_id for s in segments if s.speaker_id is not None and not s.non_speech})
+
+
+def spoken_text(segments: Iterable[Segment]) -> str:
+    """The words of the speech segments, without non-speech tags such as ``[Music]``."""
+    return " ".join(s.text for s in segments if not s.non_speech)
 
 
 # --- one segment ----------------------------------------------------------------------------
@@ -119,31 +133,46 @@ def _as_seconds(value: Any) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-def speaker_label(value: Any) -> str:
-    """``Speaker_<n>`` for a speaker id (int, integral float, numeric or "Speaker 1"-like string).
+def parse_speaker(value: Any) -> tuple[str, int | None]:
+    """The label and the number of a speaker as the model wrote it.
 
-    Anything else that is a non-empty string keeps a cleaned label (``Speaker_<text>``); a missing,
-    empty or non-scalar speaker is ``Speaker_unknown``.
+    A speaker id (a non-negative int, an integral float, a numeric or "Speaker 1"-like string) is
+    ``("Speaker_<n>", n)``. Anything else keeps what the model said as a cleaned label with no
+    number: ``"N/A"`` → ``("Speaker_N_A", None)``, ``2.5`` → ``("Speaker_2.5", None)``, ``"Bob"`` →
+    ``("Speaker_Bob", None)``; a missing, empty or non-scalar speaker is
+    ``("Speaker_unknown", None)``. Only numbered speakers are linked across windows and counted.
     """
     if isinstance(value, bool) or value is None:
-        return UNKNOWN_SPEAKER
+        return UNKNOWN_SPEAKER, None
     if isinstance(value, int):
-        return f"Speaker_{value}"
+        return f"Speaker_{value}", (value if value >= 0 else None)
     if isinstance(value, float):
         if not math.isfinite(value):
-            return UNKNOWN_SPEAKER
-        return f"Speaker_{int(value)}" if value.is_integer() else f"Speaker_{value:g}"
+            return UNKNOWN_SPEAKER, None
+        if value.is_integer():
+            return parse_speaker(int(value))
+        return f"Speaker_{value:g}", None
     if isinstance(value, str):
         text = _SPEAKER_PREFIX_RE.sub("", value.strip())  # "Speaker 1", "SPEAKER_01", "spk2"
         if text.isascii() and text.isdigit():
-            return f"Speaker_{int(text)}"
+            return parse_speaker(int(text))
         try:
             number = float(text)
         except ValueError:
             cleaned = _LABEL_CLEAN_RE.sub("_", text).strip("_")[:32]
-            return f"Speaker_{cleaned}" if cleaned else UNKNOWN_SPEAKER
-        return speaker_label(number)
-    return UNKNOWN_SPEAKER
+            return (f"Speaker_{cleaned}", None) if cleaned else (UNKNOWN_SPEAKER, None)
+        return parse_speaker(number)
+    return UNKNOWN_SPEAKER, None
+
+
+def speaker_label(value: Any) -> str:
+    """The label part of :func:`parse_speaker`."""
+    return parse_speaker(value)[0]
+
+
+def is_non_speech(text: str) -> bool:
+    """True when ``text`` is only bracketed tags such as ``[Silence]`` or ``[Music] [Applause]``."""
+    return bool(_NON_SPEECH_RE.match(text))
 
 
 def normalize_segment(raw: Any, duration: float, *, fallback_start: float = 0.0) -> Segment | None:
@@ -180,11 +209,14 @@ def normalize_segment(raw: Any, duration: float, *, fallback_start: float = 0.0)
         start, end = end, start
 
     _, speaker = _lookup(raw, "Speaker", _SPEAKER_KEYS)
+    label, number = parse_speaker(speaker)
     return Segment(
-        speaker=speaker_label(speaker),
+        speaker=label,
         start_time=round(start, 3),
         end_time=round(end, 3),
         text=text,
+        speaker_id=number,
+        non_speech=is_non_speech(text),
     )
 
 
@@ -235,6 +267,8 @@ class IncrementalParser:
         self._duplicates = 0
         self._malformed = 0
         self._last_end = 0.0
+        self._ends: list[int] = []  # per segment: offset in the fed text just after its "}"
+        self._consumed = 0  # characters fed before the current chunk
         self._head: list[str] = []  # the start of the output, for warnings
         self._head_len = 0
         self._finished: ParsedTranscript | None = None
@@ -245,6 +279,11 @@ class IncrementalParser:
     def segments(self) -> list[Segment]:
         """All segments completed so far."""
         return list(self._segments)
+
+    @property
+    def segment_end_offsets(self) -> list[int]:
+        """Per completed segment, the offset just after its closing brace in the text fed so far."""
+        return list(self._ends)
 
     @property
     def last_end_time(self) -> float:
@@ -278,6 +317,7 @@ class IncrementalParser:
             else:
                 self._keep_after(chunk[i:])
                 i = n
+        self._consumed += n
         return self._segments[before:]
 
     def finish(self) -> ParsedTranscript:
@@ -414,14 +454,14 @@ class IncrementalParser:
                 self._depth -= 1
                 if self._depth == 0:
                     self._state = _ARRAY
-                    self._complete("".join(obj))
+                    self._complete("".join(obj), self._consumed + i)
                     self._obj = []
                     return i
         return n
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _complete(self, text: str) -> None:
+    def _complete(self, text: str, end_offset: int) -> None:
         try:
             raw = json.loads(text)
         except ValueError:
@@ -441,6 +481,7 @@ class IncrementalParser:
             self._duplicates += 1
             return
         self._segments.append(segment)
+        self._ends.append(end_offset)
         self._last_end = max(self._last_end, segment.end_time)
 
     def _after_residue(self) -> str:
@@ -480,7 +521,10 @@ class RepetitionDetector:
     for p = 1). A transcript never does that: even when segments share their JSON skeleton, their
     times and words differ. Per token the cost is the number of earlier occurrences of that token
     within the last ``max_period`` tokens (amortized O(1) on normal text, ≤ ``max_period``).
-    Once stuck it stays stuck (``push`` keeps returning True) until :meth:`reset`.
+    Once stuck it stays stuck (``push`` keeps returning True) until :meth:`reset`; ``loop_start``
+    is then the index of the first token of the repeating stretch. ``current_span`` is the length
+    of the longest periodic stretch ending at the last token (0 when there is none): a token
+    before that stretch can no longer become part of a loop that is detected later.
     """
 
     def __init__(
@@ -501,6 +545,8 @@ class RepetitionDetector:
         self.stuck = False
         self.period = 0
         self.span = 0
+        self.loop_start = 0
+        self.current_span = 0
 
     @property
     def tokens_seen(self) -> int:
@@ -513,6 +559,7 @@ class RepetitionDetector:
         runs: dict[int, int] = {}
         best_period = 0
         best_span = 0
+        longest = 0
         earlier = where.get(token_id)
         if earlier:
             old = self._runs
@@ -521,6 +568,7 @@ class RepetitionDetector:
                 run = old.get(p, 0) + 1
                 runs[p] = run
                 span = run + p
+                longest = max(longest, span)
                 if span >= (self.single_token_span if p == 1 else self.min_span):
                     if best_period == 0 or p < best_period:  # report the fundamental period
                         best_period, best_span = p, span
@@ -538,10 +586,12 @@ class RepetitionDetector:
             if not positions:
                 del where[gone]
         self._pos = pos + 1
+        self.current_span = longest
         if best_span and not self.stuck:
             self.stuck = True
             self.period = best_period
             self.span = best_span
+            self.loop_start = pos + 1 - best_span
         return self.stuck
 
     def extend(self, token_ids: Iterable[int]) -> bool:
