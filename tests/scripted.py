@@ -34,7 +34,7 @@ def real_format_answer(segments: Sequence[dict[str, Any]] = REAL_FORMAT_SEGMENTS
 
 
 def install(
-    script: str | Callable[[float], str] | None,
+    script: str | Sequence[int] | Callable[[float], str] | None,
     *,
     step_delay: float = 0.0,
     on_step: Callable[[int], None] | None = None,
@@ -42,7 +42,8 @@ def install(
     calls: list[dict[str, Any]] | None = None,
 ) -> Callable[[], None]:
     """Force ``script`` on every generation the engine runs (and/or wait ``step_delay`` seconds per
-    generated token). ``script`` may be a function of the window's audio duration in seconds.
+    generated token). ``script`` may be a function of the window's audio duration in seconds, or
+    a list of token ids forced verbatim (ending with the eos id, as the real model's output does).
 
     ``retries``: what the model "says" in a window's 2nd, 3rd, … ``generate`` call (the loop
     recovery's continuations, forced after the prefix the engine passes; the last one repeats);
@@ -87,6 +88,7 @@ def install(
                 calls.append(
                     {
                         "try": attempt,
+                        "input_ids": kwargs["input_ids"][0].tolist(),
                         "prompt_tail": tail,
                         "do_sample": kwargs.get("do_sample"),
                         "temperature": kwargs.get("temperature"),
@@ -98,8 +100,11 @@ def install(
                 text = script(run.duration) if callable(script) else script
                 if attempt and retries:
                     text = retries[min(attempt, len(retries)) - 1]
-                ids = processor.tokenizer.encode(text, add_special_tokens=False)
-                ids.append(model.generation_config.eos_token_id)
+                if isinstance(text, str):
+                    ids = processor.tokenizer.encode(text, add_special_tokens=False)
+                    ids.append(model.generation_config.eos_token_id)
+                else:  # token ids, forced verbatim (e.g. what the real model generated)
+                    ids = list(text)
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])

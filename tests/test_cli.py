@@ -126,3 +126,28 @@ def test_formats() -> None:
 
     back = json.loads(render(r, "json"))
     assert back["status"] == "success" and back["segments"][1]["end_time"] == 3661.25
+
+
+def test_non_speech_segments_render_as_their_tag_without_a_speaker() -> None:
+    r = TranscribeResult(
+        segments=[
+            Segment("Speaker_unknown", 0.0, 1.2, "[Silence]", non_speech=True),
+            Segment("Speaker_0", 1.2, 2.0, "Hi.", speaker_id=0),
+            Segment("Speaker_N_A", 2.0, 3.0, "[Environmental Sounds]", non_speech=True),
+            Segment("Speaker_Bob", 3.0, 4.0, "Hello.", speaker_id=None),
+        ],
+        metadata=Metadata(
+            duration=4.0, language="en", processing_time=1.0, model_precision="fp32", num_speakers=1
+        ),
+    )
+    assert render(r, "txt") == (
+        "[00:00:00.000 - 00:00:01.200] [Silence]\n"
+        "[00:00:01.200 - 00:00:02.000] Speaker_0: Hi.\n"
+        "[00:00:02.000 - 00:00:03.000] [Environmental Sounds]\n"
+        "[00:00:03.000 - 00:00:04.000] Speaker_Bob: Hello.\n"
+    )
+    assert render(r, "srt").split("\n\n")[0] == "1\n00:00:00,000 --> 00:00:01,200\n[Silence]"
+    assert "\n[Speaker_Bob] Hello.\n" in render(r, "srt")
+    vtt = render(r, "vtt")
+    assert "00:00:00.000 --> 00:00:01.200\n[Silence]\n" in vtt and "<v Speaker_unknown>" not in vtt
+    assert "<v Speaker_0>Hi." in vtt

@@ -416,7 +416,8 @@ def _windowed_run(
     tiny_model: Path, clip: Path, script: Callable[..., None], truth: list[tuple[float, float, str]]
 ) -> tuple[TranscribeResult, Recorder, int]:
     """Transcribe ``clip`` in 5 s windows; each window's scripted answer says who talks when, with
-    local speaker ids numbered from 0 in order of appearance, as the real model numbers them."""
+    local speaker ids numbered from 0 in order of appearance, as the real model numbers them
+    (``SILENCE`` and ``NOISE`` are the model's non-speech segments, without a speaker number)."""
     from vibevoice_rpc.audio import load_audio, quiet_split_points
     from vibevoice_rpc.transcribe import WINDOW_OVERLAP_SECONDS
     from vibevoice_rpc.windows import plan_windows
@@ -435,14 +436,15 @@ def _windowed_run(
         for lo, hi, who in truth:
             a, b = max(lo, w.start), min(hi, w.end)
             if b - a > 0.05:
-                segs.append(
-                    {
-                        "Start": round(a - w.start, 2),
-                        "End": round(b - w.start, 2),
-                        "Speaker": local.setdefault(who, len(local)),
-                        "Content": f"{who} speaking from {a:.2f}",
-                    }
-                )
+                seg: dict[str, Any] = {"Start": round(a - w.start, 2), "End": round(b - w.start, 2)}
+                if who == "SILENCE":  # as the real model writes it: no Speaker key
+                    seg["Content"] = "[Silence]"
+                elif who == "NOISE":
+                    seg.update({"Speaker": "N/A", "Content": "[Environmental Sounds]"})
+                else:
+                    seg["Speaker"] = local.setdefault(who, len(local))
+                    seg["Content"] = f"{who} speaking from {a:.2f}"
+                segs.append(seg)
         answers.append(scripted.real_format_answer(segs))
     calls = iter(answers)
     script(lambda _duration: next(calls))
@@ -490,6 +492,40 @@ def test_a_speaker_who_returns_after_a_window_boundary_is_flagged_uncertain(
     notes = [w for w in result.metadata.warnings if "speaker link uncertain" in w]
     later_a = [s for s in result.segments if s.text[0] == "A" and s.start_time >= 7.0]
     assert later_a and any(later_a[0].speaker in n for n in notes), result.metadata.warnings
+
+
+def test_non_speech_segments_are_never_merged_into_a_speaker_across_windows(
+    tiny_model: Path, speech_clip: Path, script: Callable[..., None]
+) -> None:
+    # Both speakers talk in every stretch two windows share (about 2.4-3.7, 5.8-7.1 and
+    # 9.1-10.3 s); silence and noise fall inside the windows, where the old code called them
+    # Speaker_0.
+    truth = [
+        (0.0, 1.0, "SILENCE"),
+        (1.0, 2.9, "A"),
+        (2.9, 3.8, "B"),
+        (3.8, 4.6, "NOISE"),
+        (4.6, 5.9, "A"),
+        (5.9, 6.5, "B"),
+        (6.5, 7.2, "A"),
+        (7.2, 8.0, "SILENCE"),
+        (8.0, 9.5, "B"),
+        (9.5, 11.5, "A"),
+    ]
+    result, rec, windows = _windowed_run(tiny_model, speech_clip, script, truth)
+    assert windows >= 3
+    for s in result.segments:
+        if s.text == "[Silence]":
+            assert (s.speaker, s.speaker_id, s.non_speech) == ("Speaker_unknown", None, True)
+        elif s.text == "[Environmental Sounds]":
+            assert (s.speaker, s.speaker_id, s.non_speech) == ("Speaker_N_A", None, True)
+        else:
+            who = {"A": 0, "B": 1}[s.text[0]]
+            assert (s.speaker, s.speaker_id, s.non_speech) == (f"Speaker_{who}", who, False)
+    texts = {s.text for s in result.segments}
+    assert {"[Silence]", "[Environmental Sounds]"} <= texts
+    assert result.metadata.num_speakers == 2
+    assert [p.segment for p in rec.segments] == result.segments
 
 
 # --- precisions, reload, unload --------------------------------------------------------------

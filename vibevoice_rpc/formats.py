@@ -20,7 +20,10 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def render(result: TranscribeResult, fmt: str) -> str:
-    """Render ``result`` as ``json`` (the protocol's result), ``srt``, ``vtt`` or ``txt``."""
+    """Render ``result`` as ``json`` (the protocol's result), ``srt``, ``vtt`` or ``txt``.
+
+    A non-speech segment (``[Silence]``, ``[Music]``…) is shown as its tag alone, with no speaker.
+    """
     if fmt == "json":
         return msgspec.json.format(msgspec.json.encode(result).decode(), indent=2) + "\n"
     lines: list[str] = []
@@ -28,17 +31,20 @@ def render(result: TranscribeResult, fmt: str) -> str:
         lines.append("WEBVTT\n")
     for i, seg in enumerate(result.segments, 1):
         if fmt == "txt":
+            who = "" if seg.non_speech else f"{seg.speaker}: "
             lines.append(
-                f"[{_clock(seg.start_time, '.')} - {_clock(seg.end_time, '.')}] "
-                f"{seg.speaker}: {seg.text}"
+                f"[{_clock(seg.start_time, '.')} - {_clock(seg.end_time, '.')}] {who}{seg.text}"
             )
             continue
         sep = "," if fmt == "srt" else "."
         if fmt == "srt":
             lines.append(str(i))
         lines.append(f"{_clock(seg.start_time, sep)} --> {_clock(seg.end_time, sep)}")
-        lines.append(
-            f"<v {seg.speaker}>{seg.text}" if fmt == "vtt" else f"[{seg.speaker}] {seg.text}"
-        )
+        if seg.non_speech:
+            lines.append(seg.text)
+        elif fmt == "vtt":
+            lines.append(f"<v {seg.speaker}>{seg.text}")
+        else:
+            lines.append(f"[{seg.speaker}] {seg.text}")
         lines.append("")
     return "\n".join(lines) + ("\n" if lines and fmt == "txt" else "")
