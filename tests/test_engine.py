@@ -383,6 +383,38 @@ def test_cancel_during_encoding_stops_before_any_token(
     assert info.value.data["segments"] == [] and steps == []
 
 
+def test_cancel_during_the_prefill_stops_at_the_next_decoder_layer(
+    engine: Engine, speech_clip: Path
+) -> None:
+    run(engine, audio_path=str(speech_clip), max_new_tokens=1)  # loaded
+    layers = engine._loaded.model.model.language_model.layers
+    rec = Recorder()
+    entered: list[int] = []
+
+    def first_layer(_module: Any, _args: Any) -> None:
+        entered.append(0)
+        if rec.job is not None and len(entered) == 1:  # inside the prefill's forward pass
+            rec.job.cancel()
+
+    def second_layer(_module: Any, _args: Any) -> None:
+        entered.append(1)
+
+    handles = [
+        layers[0].register_forward_pre_hook(first_layer),
+        layers[1].register_forward_pre_hook(second_layer),
+    ]
+    try:
+        with pytest.raises(RequestCancelled) as info:
+            run(engine, rec, audio_path=str(speech_clip))
+    finally:
+        for h in handles:
+            h.remove()
+    assert entered == [0]  # the prefill stopped inside layer 0: layer 1 never ran, no token
+    assert info.value.data["segments"] == []
+    assert "transcribing" not in rec.stages
+    assert run(engine, audio_path=str(speech_clip), max_new_tokens=2)[0].metadata  # still serves
+
+
 @pytest.mark.parametrize("kind", ["cuda", "host"])
 def test_out_of_memory_mid_generation_is_reported_and_the_model_keeps_serving(
     engine: Engine, speech_clip: Path, script: Callable[..., None], kind: str

@@ -165,3 +165,31 @@ def test_library_prints_during_model_load_never_reach_stdout(
         assert not [line for line in p.raw if b"noise" in line]
         for text in ("print() noise", "fd-1 noise", "sys.__stdout__ noise"):
             assert text in p.stderr
+
+
+def test_context_and_hotwords_beyond_their_limits_are_invalid_params(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    from vibevoice_rpc.prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_TOKENS, MAX_HOTWORDS
+
+    audio = str(speech_clip)
+    with RpcProcess(cmd=SCRIPTED, env=_env(tiny_model, VIBEVOICE_TEST_SCRIPT="default")) as p:
+        cases = {
+            "$.context": {"context": "x" * (MAX_CONTEXT_CHARS + 1)},
+            "$.hotwords[0]": {"hotwords": ["y" * 65]},
+            "$.hotwords": {"hotwords": ["z"] * (MAX_HOTWORDS + 1)},
+            "$.language": {"language": "Deutsch, bitte"},
+        }
+        for where, extra in cases.items():
+            err = p.call("transcribe", {"audio_path": audio, **extra})["error"]
+            assert err["code"] == -32602 and where in err["message"], err
+        # Within the character limit but beyond the prompt's token room (digits: a token each).
+        digits = " ".join(str(n) for n in range(400))
+        assert len(digits) <= MAX_CONTEXT_CHARS
+        err = p.call("transcribe", {"audio_path": audio, "context": digits}, timeout=120)["error"]
+        assert err["code"] == -32602 and err["data"]["kind"] == "prompt_too_long", err
+        assert err["data"]["max_tokens"] == MAX_CONTEXT_TOKENS < err["data"]["tokens"]
+        assert f"room for {MAX_CONTEXT_TOKENS}" in err["message"]
+        # and the server goes on: a request within the limits is transcribed
+        ok = p.call("transcribe", {"audio_path": audio, "hotwords": ["Trispr"]}, timeout=120)
+        assert len(ok["result"]["segments"]) == 4

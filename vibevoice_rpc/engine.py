@@ -62,6 +62,28 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+def _from_bitsandbytes(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside the bitsandbytes package (its kernels assert on shapes)."""
+    marker = os.sep + "bitsandbytes" + os.sep
+    tb = exc.__traceback__
+    while tb is not None:
+        if marker in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quantization_error(exc: BaseException, precision: str, device: str) -> ModelUnavailable:
+    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return ModelUnavailable(
+        f"{precision} failed inside bitsandbytes on {device}: {detail}",
+        kind="quantization_failed",
+        hint="use fp32/bf16 on the CPU or bf16/fp16 on a GPU; update bitsandbytes",
+        precision=precision,
+        device=device,
+    )
+
+
 class Engine:
     """Owns the model. Public methods other than :meth:`snapshot` run on the worker thread."""
 
@@ -129,11 +151,42 @@ class Engine:
             log.error("preload failed: %s", err.message)
 
     def reload(self, params: ReloadParams, job: Job) -> StatusResult:
-        if params.model_path:
-            self._model_path = params.model_path
-        if params.device:
-            self._device_pref = params.device
-        self._ensure_loaded(params.precision, job, force=True)
+        """Switch precision (and optionally checkpoint or device).
+
+        The new checkpoint is found and planned before the loaded model is touched, so a bad
+        ``model_path`` or a precision that cannot fit leaves the working model and configuration
+        as they were. If the load itself fails after the old model was freed, the previous model
+        and configuration are restored, and the error says so.
+        """
+        from . import loader
+
+        path = params.model_path or self._model_path
+        device = params.device or self._device_pref
+        # Only a description: a reference to the old model would keep its memory through the load.
+        previous = (
+            (self._loaded.requested, self._loaded.precision, self._loaded.source)
+            if self._loaded is not None
+            else None
+        )
+        try:
+            prepared = loader.prepare_load(
+                params.precision,
+                model_path=path,
+                device_pref=device,
+                offline=self.config.offline,
+                allow_cpu_offload=self.config.allow_cpu_offload,
+                reclaimable_bytes=self._reclaimable_bytes(),
+            )
+        except RpcError as err:
+            self.last_error = err.message
+            raise self._kept(err, previous) from None
+        old_path, old_device = self._model_path, self._device_pref
+        self._model_path, self._device_pref = path, device
+        try:
+            self._ensure_loaded(params.precision, job, force=True, prepared=prepared)
+        except RpcError as err:
+            self._model_path, self._device_pref = old_path, old_device
+            raise self._restore(err, previous, job) from None
         loaded = self._loaded
         assert loaded is not None
         note = "" if loaded.precision == params.precision else f" (running {loaded.precision})"
@@ -141,6 +194,39 @@ class Engine:
             status="success",
             message=f"Model reloaded with precision: {params.precision}{note} on {loaded.device}",
         )
+
+    @staticmethod
+    def _kept(err: RpcError, previous: tuple[str, str, str] | None) -> RpcError:
+        """``err`` with a note that nothing changed: the loaded model (if any) still serves."""
+        if previous is not None:
+            err.message += f"; the loaded model ({previous[1]} from {previous[2]}) was kept"
+            err.extra["kept_model"] = True
+        return err
+
+    def _restore(self, err: RpcError, previous: tuple[str, str, str] | None, job: Job) -> RpcError:
+        """After a failed load: load the previous model again and say how that went in ``err``."""
+        if previous is None:
+            return err
+        precision, _, source = previous
+        try:
+            self._ensure_loaded(precision, job, force=True)
+        except RpcError as again:
+            err.message += f"; restoring the previous model also failed: {again.message}"
+            err.extra["restored_model"] = False
+            return err
+        finally:
+            self.last_error = err.message
+        err.message += f"; the previous model ({precision} from {source}) was restored"
+        err.extra["restored_model"] = True
+        return err
+
+    def _reclaimable_bytes(self) -> int:
+        """GPU memory the loaded model gives back when it is unloaded (0 on the CPU)."""
+        if self._loaded is None or not self._loaded.device.startswith("cuda"):
+            return 0
+        import torch  # pragma: no cover - GPU only
+
+        return int(torch.cuda.memory_allocated())  # pragma: no cover
 
     def unload(self, job: Job) -> StatusResult:
         was = self._loaded is not None
@@ -172,15 +258,18 @@ class Engine:
         except Exception:  # pragma: no cover
             log.debug("empty_cache failed", exc_info=True)
 
-    def _ensure_loaded(self, precision: str, job: Job, *, force: bool = False) -> _Loaded:
+    def _ensure_loaded(
+        self, precision: str, job: Job, *, force: bool = False, prepared: Any = None
+    ) -> _Loaded:
         loaded = self._loaded
         if loaded is not None and not force and loaded.requested == precision:
             return loaded
+        del loaded
         self._unload()
         job.report("loading_model", 0.0, f"loading model ({precision})")
         self.state = "loading"
         try:
-            self._loaded = self._load(precision, job)
+            self._loaded = self._load(precision, job, prepared)
         except RpcError as err:
             self.last_error = err.message
             raise
@@ -189,6 +278,8 @@ class Engine:
             self._free_memory()
             if _is_oom(exc):
                 err = self._oom_error(exc, precision)
+            elif _from_bitsandbytes(exc):
+                err = _quantization_error(exc, precision, self._device_pref)
             else:
                 log.exception("model load failed")
                 where = self._model_where()
@@ -215,7 +306,7 @@ class Engine:
         except (OSError, ValueError, RuntimeError):
             return self._model_path
 
-    def _load(self, precision: str, job: Job) -> _Loaded:
+    def _load(self, precision: str, job: Job, prepared: Any = None) -> _Loaded:
         from . import loader
 
         t0 = time.monotonic()
@@ -226,6 +317,7 @@ class Engine:
             offline=self.config.offline,
             allow_cpu_offload=self.config.allow_cpu_offload,
             check_cancelled=job.check_cancelled,
+            prepared=prepared,
         )
         log.info(
             "model loaded from %s in %.1f s: %s on %s",
@@ -275,6 +367,8 @@ class Engine:
             if _is_oom(exc):
                 self._free_memory()
                 raise self._oom_error(exc, loaded.requested) from None
+            if _from_bitsandbytes(exc):
+                raise _quantization_error(exc, loaded.precision, loaded.device) from None
             raise
         finally:
             self.state = "idle"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,14 @@ from .errors import ModelUnavailable
 from .model_source import resolve_model_dir
 from .planner import ENCODER_MODULES
 
-__all__ = ["load_model", "pick_device", "quantization_config"]
+__all__ = [
+    "Prepared",
+    "prepare_load",
+    "load_model",
+    "pick_device",
+    "quantization_config",
+    "from_pretrained_kwargs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +147,11 @@ def pick_device(device_pref: str) -> str:
     return "cuda" if cuda and device_pref != "cpu" else "cpu"
 
 
-def quantization_config(precision: str, compute_dtype: Any) -> Any:
-    """The ``BitsAndBytesConfig`` for int8/nf4: the audio side and ``lm_head`` stay unquantized."""
+def quantization_config(precision: str, compute_dtype: Any, *, cpu_offload: bool = False) -> Any:
+    """The ``BitsAndBytesConfig`` for int8/nf4: the audio side and ``lm_head`` stay unquantized.
+
+    ``cpu_offload``: some modules will be placed on the CPU (accelerate's ``device_map="auto"``);
+    bitsandbytes then needs ``llm_int8_enable_fp32_cpu_offload`` or it refuses to load them."""
     from transformers import BitsAndBytesConfig
 
     from .planner import bitsandbytes_skip_modules
@@ -156,30 +168,83 @@ def quantization_config(precision: str, compute_dtype: Any) -> Any:
         ) from None
     skip = bitsandbytes_skip_modules()
     if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_skip_modules=skip,
+            llm_int8_enable_fp32_cpu_offload=cpu_offload,
+        )
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
         llm_int8_skip_modules=skip,
+        llm_int8_enable_fp32_cpu_offload=cpu_offload,
     )
 
 
-def load_model(
+def from_pretrained_kwargs(plan: Any, device: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a plan: dtype, placement, quantization.
+
+    Everything goes onto ``device`` unless the plan offloads (it does not fit and
+    ``VIBEVOICE_ALLOW_CPU_OFFLOAD`` is set): then accelerate places layers with ``max_memory``
+    capping the GPU at the plan's figure (the rest of the free VRAM is the KV cache's) and the
+    remainder in CPU RAM, and a quantized mode keeps its offloaded modules in fp32.
+    """
+    import torch
+
+    lm_dtype = getattr(torch, _TORCH_DTYPES[plan.lm_dtype])
+    kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
+    offload = bool(plan.cpu_offload) and device.startswith("cuda")
+    if offload:
+        kwargs["device_map"] = "auto"
+        gpu = torch.device(device).index or 0
+        kwargs["max_memory"] = {gpu: int(plan.offload_max_memory_bytes or 0), "cpu": _cpu_budget()}
+    else:
+        kwargs["device_map"] = {"": device}
+    if plan.precision in ("int8", "nf4"):
+        kwargs["quantization_config"] = quantization_config(
+            plan.precision, lm_dtype, cpu_offload=offload
+        )
+    return kwargs
+
+
+def _cpu_budget() -> int:
+    """CPU RAM accelerate may fill with offloaded layers: what is available now, less 2 GiB."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return 64 * 2**30  # accelerate checks nothing here; the OS pages if it must
+    return max(2**30, pages - 2 * 2**30)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a load will do, decided before anything is unloaded: the checkpoint folder, its
+    config, the device and the memory plan."""
+
+    source: Path
+    config: Any
+    device: str
+    plan: Any
+
+
+def prepare_load(
     precision: str,
     *,
     model_path: str | None,
     device_pref: str,
     offline: bool,
     allow_cpu_offload: bool,
-    check_cancelled: Callable[[], None],
-) -> dict[str, Any]:
-    """Load model + processor for ``precision``; returns the fields of the engine's loaded record."""
+    reclaimable_bytes: int = 0,
+) -> Prepared:
+    """Find the checkpoint, read its config and plan ``precision``; raises (``ModelUnavailable``,
+    ``ModelDoesNotFit``) without touching any loaded model. ``reclaimable_bytes``: GPU memory the
+    currently loaded model will give back before the new one loads."""
     import torch
 
     _import_frozen()
-    from transformers import AutoConfig, AutoProcessor, VibeVoiceAsrForConditionalGeneration
+    from transformers import AutoConfig
 
     from .planner import plan as plan_memory
 
@@ -192,6 +257,7 @@ def load_model(
     bf16_ok = True
     if device == "cuda":  # pragma: no cover - GPU only
         free, total = torch.cuda.mem_get_info()
+        free = min(total, free + reclaimable_bytes)
         bf16_ok = torch.cuda.is_bf16_supported()
     plan = plan_memory(
         config,
@@ -203,15 +269,45 @@ def load_model(
         bf16_supported=bf16_ok,
         allow_cpu_offload=allow_cpu_offload,
     )
+    return Prepared(source=Path(source), config=config, device=device, plan=plan)
+
+
+def load_model(
+    precision: str,
+    *,
+    model_path: str | None,
+    device_pref: str,
+    offline: bool,
+    allow_cpu_offload: bool,
+    check_cancelled: Callable[[], None],
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """Load model + processor for ``precision`` (as ``prepared`` decided, else prepared now);
+    returns the fields of the engine's loaded record."""
+    if prepared is None:
+        prepared = prepare_load(
+            precision,
+            model_path=model_path,
+            device_pref=device_pref,
+            offline=offline,
+            allow_cpu_offload=allow_cpu_offload,
+        )
+    import torch
+    from transformers import (
+        AutoProcessor,
+        VibeVoiceAsrForConditionalGeneration,
+    )  # after the GC pause
+
+    source, device, plan = prepared.source, prepared.device, prepared.plan
     check_cancelled()
-    lm_dtype = getattr(torch, _TORCH_DTYPES[plan.lm_dtype])
-    kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
-    kwargs["device_map"] = "auto" if (device == "cuda" and allow_cpu_offload) else {"": device}
-    if plan.precision in ("int8", "nf4"):
-        kwargs["quantization_config"] = quantization_config(plan.precision, lm_dtype)
+    kwargs = from_pretrained_kwargs(plan, device)
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(str(source), **kwargs)
     model.eval()
     model.requires_grad_(False)
+    # The engine always passes max_new_tokens (scaled to the audio); the checkpoint's own
+    # max_length (32768) would only make transformers warn "Both max_new_tokens and max_length"
+    # on every window.
+    model.generation_config.max_length = None
     if plan.encoder_dtype != plan.lm_dtype or plan.precision in ("int8", "nf4"):
         enc_dtype = getattr(torch, _TORCH_DTYPES[plan.encoder_dtype])
         for name in ENCODER_MODULES:

@@ -151,6 +151,9 @@ class Plan:
     fitting_modes: list[str]
     max_window_seconds: float  # longest audio window that fits with this mode (<= 3600)
     notes: list[str] = field(default_factory=list)
+    # With CPU offload: the most the loader may put on the GPU (accelerate's ``max_memory``), so
+    # that OFFLOAD_DYNAMIC_FRACTION of the free VRAM stays for the KV cache and activations.
+    offload_max_memory_bytes: int | None = None
 
     @property
     def summary(self) -> str:
@@ -598,12 +601,14 @@ def plan(
         )
 
     offload = found.get(resolved) is None
+    offload_bytes = None
     if not offload:
         mode, max_window = found[resolved]
     else:  # offload allowed: the smallest setting; the KV cache gets a share of the free VRAM
         mode = sizer.modes(resolved, bf16_supported)[-1]
         free = free_vram_bytes or 0
         max_window = sizer.offload_window(mode, int(free * OFFLOAD_DYNAMIC_FRACTION))
+        offload_bytes = max(0, int(free * (1 - OFFLOAD_DYNAMIC_FRACTION)) - FIXED_OVERHEAD_BYTES)
         notes.append(
             f"{resolved} needs {_gb(sizer.need(mode, required).total)} GiB but only {_gb(free)} "
             "GiB of VRAM is free: layers are offloaded to CPU RAM (much slower); keep "
@@ -612,7 +617,9 @@ def plan(
     notes.extend(_gpu_notes(mode, sizer.chunk))
     window = max_window if audio_seconds is None else min(audio_seconds, max_window)
     need = sizer.need(mode, max(window, 1.0))
-    return _record(mode, need, window, max_window, not offload, offload, fitting, notes, **record)
+    out = _record(mode, need, window, max_window, not offload, offload, fitting, notes, **record)
+    out.offload_max_memory_bytes = offload_bytes
+    return out
 
 
 def _record(

