@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,6 @@ from vibevoice_rpc.errors import ModelDoesNotFit  # noqa: E402
 
 DEFAULT_MODEL = "microsoft/VibeVoice-ASR-HF"
 SAMPLE_RATE = 24000
-TOKENS_PER_SECOND = 16  # the engine's output budget (generation.py): dense speech needs ~10/s
-TOKEN_BUDGET_BASE = 256
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 AUDIO_MODULES = (
     "acoustic_tokenizer_encoder",
@@ -62,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated: fp16,bf16,int8,nf4,fp32",
     )
     p.add_argument("--runs", type=int, default=1, help="transcriptions per precision (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 16/s of audio + 256")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the engine's budget (12/s of audio + 256)")
     p.add_argument("--prompt", default=None, help="optional context/hotwords text")
     p.add_argument("--force", action="store_true", help="load even when the planner says no")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return NO_CUDA_EXIT
     samples = load_audio_24k(args.audio)
     duration = len(samples) / SAMPLE_RATE
-    budget = args.max_new_tokens or int(math.ceil(duration * TOKENS_PER_SECOND)) + TOKEN_BUDGET_BASE
+    budget = planner.output_budget(duration, args.max_new_tokens)
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print(f"audio: {args.audio} ({duration:.1f} s), max_new_tokens {budget}, model {args.model}")

@@ -74,6 +74,7 @@ class WindowRun:
     on_first_token: Callable[[], None]
     on_segment: Callable[[Segment], None]
     park_encoders: bool = False  # the plan keeps the audio encoders on the CPU between jobs
+    start: float = 0.0  # where the window starts in the whole audio (for messages)
 
 
 @dataclass
@@ -350,7 +351,7 @@ def run_window(model: Any, processor: Any, run: WindowRun, device: str) -> Windo
         if not watcher.looping or run.is_cancelled():
             break
         prefix = watcher.cut()
-        where = watcher.loop_started_at
+        where = run.start + watcher.loop_started_at
         if tries == len(RECOVERY_TEMPERATURES):
             warnings.append(
                 f"generation was stuck repeating itself after {where:.1f} s and "

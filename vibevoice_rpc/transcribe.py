@@ -190,6 +190,7 @@ def transcribe_audio(
             ),
             on_segment=stitcher.add,
             park_encoders=loaded.parked,
+            start=window.start,
         )
         result = run_window(loaded.model, loaded.processor, run, loaded.device)
         stitcher.end_window()
