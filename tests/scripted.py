@@ -75,7 +75,8 @@ def install(
 
         return Forced()
 
-    def run_window(model: Any, processor: Any, run: Any, device: str) -> Any:
+    def run_window(runner: Any, run: Any) -> Any:
+        model, processor = runner.model, runner.processor
         real_generate = model.generate
         tries = [0]
 
@@ -113,16 +114,16 @@ def install(
 
         model.generate = generate  # an instance attribute shadows the class's method
         try:
-            return originals["run_window"](model, processor, run, device)
+            return originals["run_window"](runner, run)
         finally:
             del model.generate
 
     def transcribe_audio(*args: Any, **kwargs: Any) -> Any:
-        from vibevoice_rpc import generation
+        from vibevoice_rpc.generation import LocalRunner
 
         if "run_window" not in originals:
-            originals["run_window"] = generation.run_window
-            generation.run_window = run_window
+            originals["run_window"] = LocalRunner.run_window
+            LocalRunner.run_window = run_window  # type: ignore[method-assign]
         return original_transcribe(*args, **kwargs)
 
     transcribe.transcribe_audio = transcribe_audio
@@ -130,8 +131,8 @@ def install(
     def undo() -> None:
         transcribe.transcribe_audio = original_transcribe
         if "run_window" in originals:
-            from vibevoice_rpc import generation
+            from vibevoice_rpc.generation import LocalRunner
 
-            generation.run_window = originals["run_window"]
+            LocalRunner.run_window = originals["run_window"]  # type: ignore[method-assign]
 
     return undo

@@ -335,16 +335,20 @@ def test_out_of_memory_during_a_recovery_try_is_reported(
     assert run(engine, audio_path=str(speech_clip), max_new_tokens=1)[0].metadata  # still works
 
 
-def test_the_token_budget_scales_with_duration(engine: Engine, tmp_path: Path) -> None:
+def test_the_token_budget_scales_with_duration_within_the_64k_context(
+    engine: Engine, tmp_path: Path
+) -> None:
     from vibevoice_rpc.generation import token_budget
 
-    assert token_budget(3600, None, None) >= 36_000  # a dense hour needs ~10 tokens/s
-    assert token_budget(60, None, None) < token_budget(600, None, None)
-    assert token_budget(3600, 500, None) == 500
+    room = 65536 - 27512  # an hour's prompt: 27,000 audio tokens + the template
+    assert token_budget(1800, None, 65536) >= 18_000  # a dense half hour needs ~10 tokens/s
+    assert token_budget(3600, None, room) == room  # an hour is capped by the context
+    assert token_budget(60, None, 65536) < token_budget(600, None, 65536)
+    assert token_budget(3600, 500, room) == 500
     path = tmp_path / "short.wav"
     sf.write(path, np.zeros(24000 * 2, np.float32), 24000)
     result, _ = run(engine, audio_path=str(path))
-    assert result.metadata.max_new_tokens == token_budget(2.0, None, None)
+    assert result.metadata.max_new_tokens == token_budget(2.0, None, 65536) == 12 * 2 + 256
 
 
 # --- cancel, OOM -------------------------------------------------------------------------------

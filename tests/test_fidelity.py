@@ -23,6 +23,7 @@ from vibevoice_rpc.config import Config
 from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.messages import Segment, TranscribeParams, TranscribeResult
+from vibevoice_rpc.stream import SegmentStream
 
 from . import scripted
 
@@ -147,18 +148,22 @@ def test_the_real_models_answer_gives_exactly_its_segments(
     assert not [w for w in meta.warnings if "ignored" in w or "malformed" in w]
 
 
-def test_the_window_text_is_the_real_transcription(
-    engine: Engine, tmp_path: Path, script: Callable[..., None]
+def test_the_streamed_text_is_the_real_transcription(
+    engine: Engine,
+    tmp_path: Path,
+    script: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = fixture("with_context")
     script(data["generated_ids"][0])
     transcribe(engine, audio_path=str(clip(tmp_path, 7.56)), max_new_tokens=1)  # loaded
-    # Imported after the first job: the scripted harness swaps run_window in on the first job.
     from vibevoice_rpc.audio import load_audio
-    from vibevoice_rpc.generation import WindowRun, run_window
+    from vibevoice_rpc.generation import LocalRunner
+    from vibevoice_rpc.stream import RunnerInfo, WindowRun
 
     loaded = engine._loaded
     audio = load_audio(str(clip(tmp_path, 7.56)))
+    texts: list[str] = []
     run = WindowRun(
         samples=audio.samples,
         duration=audio.duration,
@@ -170,8 +175,17 @@ def test_the_window_text_is_the_real_transcription(
         on_first_token=lambda: None,
         on_segment=lambda s: None,
     )
-    result = run_window(loaded.model, loaded.processor, run, loaded.device)
-    assert result.text == data["transcriptions"][0]  # streamed decode == batch decode
+    runner = LocalRunner(loaded.model, loaded.processor, RunnerInfo("fp32", "cpu", "tiny", 3600.0))
+    real_feed = SegmentStream.feed
+
+    def feed(self: SegmentStream, text: str) -> None:
+        texts.append(text)
+        real_feed(self, text)
+
+    monkeypatch.setattr(SegmentStream, "feed", feed)
+    result = runner.run_window(run)
+    assert result.parsed.segments and result.generated_tokens == len(data["generated_ids"][0])
+    assert "".join(texts) == data["transcriptions"][0]  # streamed decode == batch decode
 
 
 MEETING = [

@@ -358,9 +358,20 @@ class Engine:
         loaded = self._ensure_loaded(precision or self.config.precision, job)
         self.state = "busy"
         try:
+            from .generation import LocalRunner
+            from .stream import RunnerInfo
             from .transcribe import transcribe_audio
 
-            result = transcribe_audio(loaded, audio, params, job)
+            info = RunnerInfo(
+                precision=loaded.precision,
+                device=loaded.device,
+                model=loaded.source,
+                max_window_seconds=loaded.max_window_seconds,
+                plan=loaded.plan,
+                park_encoders=loaded.parked,
+            )
+            runner = LocalRunner(loaded.model, loaded.processor, info)
+            result = transcribe_audio(runner, audio, params, job)
         except RpcError:
             raise
         except Exception as exc:

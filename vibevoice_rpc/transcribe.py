@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import InvalidParams
 from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
@@ -13,7 +13,7 @@ from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_win
 if TYPE_CHECKING:
     from .audio import DecodedAudio
     from .dispatcher import Job
-    from .engine import _Loaded
+    from .stream import Runner
 
 __all__ = ["transcribe_audio"]
 
@@ -133,11 +133,11 @@ class _Stitcher:
         return glob
 
 
-def _check_context_tokens(processor: Any, context: str | None) -> None:
+def _check_context_tokens(runner: Runner, context: str | None) -> None:
     """Refuse context/hotwords longer than the prompt has room for (before any audio is encoded)."""
     if not context:
         return
-    tokens = len(processor.tokenizer.encode(context, add_special_tokens=False))
+    tokens = runner.count_tokens(context)
     if tokens > MAX_CONTEXT_TOKENS:
         raise InvalidParams(
             f"context and hotwords are {tokens} tokens long; the prompt has room for "
@@ -149,23 +149,24 @@ def _check_context_tokens(processor: Any, context: str | None) -> None:
 
 
 def transcribe_audio(
-    loaded: _Loaded, audio: DecodedAudio, params: TranscribeParams, job: Job
+    runner: Runner, audio: DecodedAudio, params: TranscribeParams, job: Job
 ) -> TranscribeResult:
-    """Run the model over ``audio`` (window by window when long) and build the app's result."""
+    """Run ``runner`` over ``audio`` (window by window when long) and build the app's result."""
     from .audio import quiet_split_points
-    from .generation import WindowRun, run_window
+    from .stream import WindowRun
     from .transcript import count_speakers, detect_language, spoken_text
 
+    info = runner.info
     duration = audio.duration
     samples = audio.samples
     context = build_context(params.hotwords, params.context)
-    _check_context_tokens(loaded.processor, context)
+    _check_context_tokens(runner, context)
 
     def splits(step: float) -> list[float]:
         points = quiet_split_points(samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4))
         return [p / SAMPLE_RATE for p in points]
 
-    windows = plan_windows(duration, loaded.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
+    windows = plan_windows(duration, info.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
     stitcher = _Stitcher(job, duration)
     warnings: list[str] = []
     truncated = repetition = False
@@ -189,10 +190,10 @@ def transcribe_audio(
                 "transcribing", start / duration if duration else 0.0, "transcribing" + label
             ),
             on_segment=stitcher.add,
-            park_encoders=loaded.parked,
+            park_encoders=info.park_encoders,
             start=window.start,
         )
-        result = run_window(loaded.model, loaded.processor, run, loaded.device)
+        result = runner.run_window(run)
         stitcher.end_window()
         generated += result.generated_tokens
         budget_total += result.max_new_tokens
@@ -214,10 +215,10 @@ def transcribe_audio(
         duration=round(duration, 3),
         language=language,
         processing_time=0.0,
-        model_precision=loaded.precision,
+        model_precision=info.precision,
         num_speakers=count_speakers(segments),
-        device=loaded.device,
-        model=loaded.source,
+        device=info.device,
+        model=info.model,
         truncated=truncated,
         repetition_stopped=repetition,
         loop_recoveries=recoveries,
@@ -225,7 +226,7 @@ def transcribe_audio(
         windows=len(windows),
         max_new_tokens=budget_total,
         generated_tokens=generated,
-        plan=loaded.plan,
+        plan=info.plan,
     )
     job.report("finalizing", 1.0, f"{len(segments)} segments")
     return TranscribeResult(segments=segments, metadata=metadata)
