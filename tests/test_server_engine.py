@@ -64,7 +64,8 @@ def test_transcribe_over_the_pipe_gives_the_apps_schema_after_its_notifications(
         for m in early:
             if m["method"] == "progress" and (not stages or stages[-1] != m["params"]["stage"]):
                 stages.append(m["params"]["stage"])
-        assert stages == list(STAGES)  # every stage, in the documented order
+        # every local stage, in the documented order ("uploading" is the remote backend's)
+        assert stages == [s for s in STAGES if s != "uploading"]
         assert p.call("shutdown")["result"]["status"] == "ok"
         assert p.wait_exit(10) == 0
 

@@ -11,10 +11,20 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from .messages import PRECISIONS
 
-__all__ = ["Config", "DEFAULT_MODEL_ID", "LOG_FORMAT", "setup_logging", "env_flag"]
+__all__ = [
+    "Config",
+    "DEFAULT_MODEL_ID",
+    "DIALECTS",
+    "LOG_FORMAT",
+    "RemoteSettings",
+    "setup_logging",
+    "env_flag",
+    "validate_url",
+]
 
 DEFAULT_MODEL_ID = "microsoft/VibeVoice-ASR-HF"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -38,6 +48,48 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+DIALECTS = ("official", "transformers")
+BACKENDS = ("local", "remote")
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where the server is and how to talk to it (env ``VIBEVOICE_REMOTE_*`` or ``reload_model``)."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str = "vibevoice"
+    dialect: str = "official"
+    connect_timeout: float = 10.0
+    idle_timeout: float = 300.0  # no byte from the server for this long: the stream stalled
+    max_audio_seconds: float = 3600.0  # windows are at most this long (the server's limit)
+    retries: int = 3  # for 429/502/503/504 and refused connections, with backoff
+    fallback: str | None = None  # "local": run the local model when the server is unreachable
+
+    @property
+    def base(self) -> str:
+        """The URL up to (not including) ``/v1``."""
+        url = self.url.rstrip("/")
+        return url[: -len("/v1")] if url.endswith("/v1") else url
+
+    @property
+    def shown(self) -> str:
+        """The URL without credentials or query, for messages, logs and metadata."""
+        parts = urlsplit(self.base)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def validate_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; raises ``ValueError`` saying what is wrong."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the remote URL must be http(s)://host[:port], got {url!r}")
+    return url.strip()
+
+
 @dataclass
 class Config:
     """Everything the server reads from its environment and flags."""
@@ -54,6 +106,8 @@ class Config:
     max_audio_seconds: float = 4 * 3600.0
     parent_pid: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    backend: str = "local"
+    remote: RemoteSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -67,7 +121,18 @@ class Config:
         device = env.get("VIBEVOICE_DEVICE", "").strip().lower() or "auto"
         if device not in ("auto", "cuda", "cpu"):
             raise SystemExit(f"vibevoice-rpc: VIBEVOICE_DEVICE={device!r} is not auto, cuda or cpu")
+        backend = env.get("VIBEVOICE_BACKEND", "").strip().lower() or "local"
+        if backend not in BACKENDS:
+            raise SystemExit(f"vibevoice-rpc: VIBEVOICE_BACKEND={backend!r} is not local or remote")
+        remote = remote_from_env(env)
+        if backend == "remote" and remote is None:
+            raise SystemExit(
+                "vibevoice-rpc: VIBEVOICE_BACKEND=remote needs VIBEVOICE_REMOTE_URL "
+                "(e.g. http://gpu-server:8000)"
+            )
         return cls(
+            backend=backend,
+            remote=remote,
             precision=precision,
             model_path=env.get("VIBEVOICE_MODEL_PATH") or None,
             device=device,
@@ -79,6 +144,44 @@ class Config:
             max_window_seconds=_env_float(env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0),
             max_audio_seconds=_env_float(env, "VIBEVOICE_MAX_AUDIO_SECONDS", 4 * 3600.0),
         )
+
+
+def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
+    """The remote server's settings from ``VIBEVOICE_REMOTE_*``, or None without a URL."""
+    url = env.get("VIBEVOICE_REMOTE_URL", "").strip()
+    if not url:
+        return None
+    try:
+        validate_url(url)
+    except ValueError as exc:
+        raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_URL: {exc}") from None
+    dialect = env.get("VIBEVOICE_REMOTE_DIALECT", "").strip().lower() or "official"
+    if dialect not in DIALECTS:
+        raise SystemExit(
+            f"vibevoice-rpc: VIBEVOICE_REMOTE_DIALECT={dialect!r} is not official or transformers"
+        )
+    fallback = env.get("VIBEVOICE_REMOTE_FALLBACK", "").strip().lower() or None
+    if fallback not in (None, "local", "none"):
+        raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_FALLBACK={fallback!r} is not local")
+    raw = env.get("VIBEVOICE_REMOTE_RETRIES", "").strip() or "3"
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 10:
+        raise SystemExit(
+            f"vibevoice-rpc: VIBEVOICE_REMOTE_RETRIES={raw!r} is not a whole number 0-10"
+        )
+    retries = int(raw)
+    return RemoteSettings(
+        url=url,
+        api_key=env.get("VIBEVOICE_REMOTE_API_KEY") or None,
+        model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
+        dialect=dialect,
+        idle_timeout=_env_float(env, "VIBEVOICE_REMOTE_IDLE_TIMEOUT", 300.0),
+        connect_timeout=_env_float(env, "VIBEVOICE_REMOTE_CONNECT_TIMEOUT", 10.0),
+        max_audio_seconds=min(
+            3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
+        ),
+        retries=retries,
+        fallback="local" if fallback == "local" else None,
+    )
 
 
 def setup_logging(level: str) -> None:

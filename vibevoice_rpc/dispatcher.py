@@ -447,6 +447,8 @@ class Dispatcher:
             uptime_s=round(time.monotonic() - self._started, 3),
             last_error=snap.get("last_error"),
             plan=snap.get("plan"),
+            backend=str(snap.get("backend", "local")),
+            remote=snap.get("remote"),
         )
 
     def _cancel(self, params: CancelParams, _reply: Reply) -> CancelResult:

@@ -8,6 +8,7 @@ model is first loaded; bitsandbytes only for a quantized precision.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL_ID, Config
-from .errors import ModelUnavailable, OutOfMemory, RpcError
+from .errors import InvalidParams, ModelUnavailable, OutOfMemory, RemoteError, RpcError
 from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeResult
 
 if TYPE_CHECKING:
@@ -96,11 +97,20 @@ class Engine:
         self._gpu_available = False
         self._model_path = config.model_path
         self._device_pref = config.device
+        self._backend = config.backend
+        self._remote_settings = config.remote
+        self._remote_client: Any = None
 
     # --- state for health (reader thread) -------------------------------------------------
 
     def warm_up(self) -> None:
-        """Import torch in the background, so health can report the GPU without a model."""
+        """Import torch in the background, so health can report the GPU without a model. The
+        remote backend needs no torch: it probes its server instead."""
+        if self._backend == "remote":
+            self._torch_ready.set()
+            self.state = "idle"
+            self._client().refresh_in_background()
+            return
         threading.Thread(target=self._import_torch, name="vibevoice-warmup", daemon=True).start()
 
     def _import_torch(self) -> None:
@@ -129,8 +139,33 @@ class Engine:
             except Exception as exc:  # pragma: no cover - GPU only
                 log.debug("mem_get_info failed: %s", exc)
         loaded = self._loaded
+        remote = None
+        if self._backend == "remote":
+            client = self._client()
+            client.refresh_in_background()  # health never waits for the server
+            remote = client.status.to_dict()
+            remote["model"] = client.settings.model
+            remote["dialect"] = client.settings.dialect
+            remote["fallback"] = client.settings.fallback
+            status = client.status
+            return {
+                "state": self.state,
+                "model_loaded": bool(status.reachable) and status.error is None,
+                "gpu_available": self._gpu_available,
+                "vram_used_mb": used,
+                "vram_total_mb": total,
+                "device": "remote",
+                "precision": "remote",
+                "model": client.settings.model,
+                "last_error": self.last_error,
+                "plan": None,
+                "backend": "remote",
+                "remote": remote,
+            }
         return {
             "state": self.state,
+            "backend": "local",
+            "remote": None,
             "model_loaded": loaded is not None,
             "gpu_available": self._gpu_available,
             "vram_used_mb": used,
@@ -160,6 +195,9 @@ class Engine:
         """
         from . import loader
 
+        if params.backend == "remote" or (params.backend is None and self._backend == "remote"):
+            return self._use_remote(params)
+        self._backend = "local"
         path = params.model_path or self._model_path
         device = params.device or self._device_pref
         # Only a description: a reference to the old model would keep its memory through the load.
@@ -354,6 +392,29 @@ class Engine:
             check_cancel=job.check_cancelled,
         )
         job.report("loading_audio", 1.0, f"decoded {audio.duration:.1f} s of audio")
+        notes: list[str] = []
+        if self.backend == "remote":
+            try:
+                result = self._transcribe_remote(audio, params, job)
+            except RemoteError as err:
+                settings = self._remote_settings
+                fallback = settings is not None and settings.fallback == "local"
+                if not (fallback and err.kind in ("remote_unreachable", "remote_tls")):
+                    err.extra.setdefault("segments", list(job.segments))
+                    raise
+                if job.segments:  # the server went away mid-job: its segments stand, then stop
+                    err.extra.setdefault("segments", list(job.segments))
+                    raise
+                log.warning("remote server unreachable; falling back to the local model")
+                notes.append(f"{err.message}; transcribed by the local model instead")
+                result = self._transcribe_local(audio, params, job)
+        else:
+            result = self._transcribe_local(audio, params, job)
+        result.metadata.processing_time = round(time.monotonic() - started, 3)
+        result.metadata.warnings = list(audio.warnings) + notes + result.metadata.warnings
+        return result
+
+    def _transcribe_local(self, audio: Any, params: TranscribeParams, job: Job) -> TranscribeResult:
         precision = params.precision or (self._loaded.requested if self._loaded else None)
         loaded = self._ensure_loaded(precision or self.config.precision, job)
         self.state = "busy"
@@ -371,7 +432,7 @@ class Engine:
                 park_encoders=loaded.parked,
             )
             runner = LocalRunner(loaded.model, loaded.processor, info)
-            result = transcribe_audio(runner, audio, params, job)
+            return transcribe_audio(runner, audio, params, job)
         except RpcError:
             raise
         except Exception as exc:
@@ -384,9 +445,91 @@ class Engine:
         finally:
             self.state = "idle"
             self._free_memory_between_jobs(loaded)
-        result.metadata.processing_time = round(time.monotonic() - started, 3)
-        result.metadata.warnings = list(audio.warnings) + result.metadata.warnings
-        return result
+
+    def _transcribe_remote(
+        self, audio: Any, params: TranscribeParams, job: Job
+    ) -> TranscribeResult:
+        from .remote import RemoteRunner
+        from .stream import RunnerInfo
+        from .transcribe import transcribe_audio
+
+        client = self._client()
+        settings = client.settings
+        if client.status.checked_at is None or not client.status.reachable:
+            client.probe()  # bounded (2 s); learns the server's max_model_len
+        info = RunnerInfo(
+            precision="remote",
+            device="remote",
+            model=settings.model,
+            max_window_seconds=min(self.config.max_window_seconds, settings.max_audio_seconds),
+            backend="remote",
+            server=settings.shown,
+        )
+        self.state = "busy"
+        try:
+            return transcribe_audio(RemoteRunner(client, info), audio, params, job)
+        finally:
+            self.state = "idle"
+
+    # --- the remote backend -----------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def _client(self) -> Any:
+        """The HTTP client of the configured server (made on first use)."""
+        if self._remote_client is None:
+            from .remote import RemoteClient
+
+            assert self._remote_settings is not None
+            self._remote_client = RemoteClient(self._remote_settings)
+        return self._remote_client
+
+    def _use_remote(self, params: ReloadParams) -> StatusResult:
+        """Switch to (or re-point) the remote backend: the server must answer first."""
+        from .config import RemoteSettings, validate_url
+        from .remote import RemoteClient
+
+        current = self._remote_settings
+        url = params.remote_url or (current.url if current else None)
+        if not url:
+            raise InvalidParams(
+                "the remote backend needs remote_url (or VIBEVOICE_REMOTE_URL)",
+                field="remote_url",
+            )
+        try:
+            validate_url(url)
+        except ValueError as exc:
+            raise InvalidParams(str(exc), field="remote_url") from None
+        base = current or RemoteSettings(url=url)
+        settings = dataclasses.replace(
+            base,
+            url=url,
+            api_key=params.remote_api_key if params.remote_api_key is not None else base.api_key,
+            model=params.remote_model or base.model,
+            dialect=params.remote_dialect or base.dialect,
+        )
+        client = RemoteClient(settings)
+        status = client.probe(timeout=5.0)
+        if not status.reachable or status.error:
+            client.close()
+            where = "the local model" if self._backend == "local" else "the previous server"
+            raise RemoteError(
+                f"{settings.shown}: {status.error or 'not reachable'}; {where} is kept",
+                kind="remote_unreachable" if not status.reachable else "remote_not_found",
+                hint="check the URL, the API key and the served model name",
+                url=settings.shown,
+            )
+        old = self._remote_client
+        self._remote_settings, self._remote_client, self._backend = settings, client, "remote"
+        if old is not None and old is not client:
+            old.close()
+        self._unload()  # the GPU is not needed while the server transcribes
+        return StatusResult(
+            status="success",
+            message=f"Using the remote backend: {settings.shown} (model {settings.model})",
+        )
 
     def _free_memory_between_jobs(self, loaded: _Loaded) -> None:
         # Users report VRAM building up across files in one process: release the cache per job.

@@ -159,6 +159,16 @@ class RequestTooLarge(RpcError):
     default_kind = "request_too_large"
 
 
+class RemoteError(RpcError):
+    """The remote server failed: remote_unreachable, remote_tls, remote_auth, remote_not_found,
+    remote_too_large, remote_busy, remote_bad_request, remote_server_error, remote_stalled,
+    remote_incomplete, remote_protocol, remote_error. ``data.segments`` holds what was
+    transcribed before the failure."""
+
+    code = -32010
+    default_kind = "remote_error"
+
+
 ERROR_TABLE: tuple[type[RpcError], ...] = (
     ParseError,
     InvalidRequest,
@@ -175,4 +185,5 @@ ERROR_TABLE: tuple[type[RpcError], ...] = (
     ServerBusy,
     ShuttingDown,
     RequestTooLarge,
+    RemoteError,
 )

@@ -39,6 +39,7 @@ STAGES: tuple[str, ...] = (
     "queued",
     "loading_audio",
     "loading_model",
+    "uploading",
     "encoding",
     "transcribing",
     "finalizing",
@@ -71,9 +72,17 @@ class TranscribeParams(msgspec.Struct, frozen=True):
 
 
 class ReloadParams(msgspec.Struct, frozen=True):
+    """``backend`` switches between the local model and a remote server (then ``precision`` is
+    kept for when the local model is used again); ``remote_*`` set the server."""
+
     precision: Precision
     model_path: str | None = None
     device: Literal["auto", "cuda", "cpu"] | None = None
+    backend: Literal["local", "remote"] | None = None
+    remote_url: str | None = None
+    remote_api_key: str | None = None
+    remote_model: str | None = None
+    remote_dialect: Literal["official", "transformers"] | None = None
 
 
 class EmptyParams(msgspec.Struct, frozen=True):
@@ -115,6 +124,8 @@ class Metadata(msgspec.Struct):
     truncated: bool = False
     repetition_stopped: bool = False
     loop_recoveries: int = 0
+    backend: str = "local"
+    server: str | None = None
     warnings: list[str] = []
     windows: int = 1
     max_new_tokens: int = 0
@@ -154,6 +165,8 @@ class HealthResult(msgspec.Struct):
     uptime_s: float
     last_error: str | None = None
     plan: dict[str, Any] | None = None
+    backend: str = "local"
+    remote: dict[str, Any] | None = None
 
 
 # --- notifications --------------------------------------------------------------------------

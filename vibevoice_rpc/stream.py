@@ -62,6 +62,7 @@ class WindowRun:
     on_segment: Callable[[Segment], None]
     park_encoders: bool = False  # the plan keeps the audio encoders on the CPU between jobs
     start: float = 0.0  # where the window starts in the whole audio (for messages)
+    on_upload: Callable[[float], None] = lambda _progress: None  # a remote runner's upload
 
 
 @dataclass
@@ -86,6 +87,7 @@ class RunnerInfo:
     plan: dict[str, Any] | None = None
     park_encoders: bool = False
     backend: str = "local"
+    server: str | None = None  # the remote server's URL (no credentials)
 
 
 class Runner(Protocol):

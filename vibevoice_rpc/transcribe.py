@@ -192,6 +192,7 @@ def transcribe_audio(
             on_segment=stitcher.add,
             park_encoders=info.park_encoders,
             start=window.start,
+            on_upload=lambda p, label=label: job.report("uploading", p, "uploading audio" + label),
         )
         result = runner.run_window(run)
         stitcher.end_window()
@@ -222,6 +223,8 @@ def transcribe_audio(
         truncated=truncated,
         repetition_stopped=repetition,
         loop_recoveries=recoveries,
+        backend=info.backend,
+        server=info.server,
         warnings=warnings + stitcher.notes,
         windows=len(windows),
         max_new_tokens=budget_total,
