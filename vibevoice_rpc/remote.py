@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import zlib
@@ -348,6 +349,8 @@ class RemoteRunner:
                     break
                 if chunk.get("usage"):
                     usage = int(chunk["usage"].get("completion_tokens") or 0) or usage
+                if run.is_cancelled():
+                    break
                 for choice in chunk.get("choices") or ():
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
