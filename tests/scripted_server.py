@@ -3,6 +3,7 @@
     VIBEVOICE_TEST_SCRIPT=<file with the raw answer, or "default">  VIBEVOICE_TEST_STEP_DELAY=0.05 \\
         python -m tests.scripted_server [server args...]
 
+``VIBEVOICE_TEST_RETRY_SCRIPT=<file>`` is what the model "says" in a loop recovery's tries.
 ``VIBEVOICE_TEST_NOISY_LOAD=1`` makes the model load print to stdout three ways (Python ``print``,
 a write to fd 1 as C code would do, and ``sys.__stdout__``), to prove none of it reaches the channel.
 ``VIBEVOICE_TEST_LOAD_DELAY=<seconds>`` makes every model load last that much longer, so tests can
@@ -35,6 +36,11 @@ def main() -> None:
     elif source:
         with open(source, encoding="utf-8") as f:
             script = f.read()
+    retries = None
+    retry_source = os.environ.get("VIBEVOICE_TEST_RETRY_SCRIPT", "")
+    if retry_source:
+        with open(retry_source, encoding="utf-8") as f:
+            retries = [f.read()]
     delay = float(os.environ.get("VIBEVOICE_TEST_STEP_DELAY", "0") or 0)
     oom_at = int(os.environ.get("VIBEVOICE_TEST_OOM_AT_STEP", "-1") or -1)
     fired = [False]
@@ -47,7 +53,9 @@ def main() -> None:
             print(f"scripted_server: injecting OutOfMemoryError at step {step}", file=sys.stderr)
             raise torch.cuda.OutOfMemoryError(OOM_MESSAGE.format(step=step))
 
-    scripted.install(script, step_delay=delay, on_step=on_step if oom_at >= 0 else None)
+    scripted.install(
+        script, step_delay=delay, on_step=on_step if oom_at >= 0 else None, retries=retries
+    )
     if os.environ.get("VIBEVOICE_TEST_NOISY_LOAD") == "1":
         _noisy_load()
     load_delay = float(os.environ.get("VIBEVOICE_TEST_LOAD_DELAY", "0") or 0)

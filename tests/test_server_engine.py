@@ -194,3 +194,55 @@ def test_context_and_hotwords_beyond_their_limits_are_invalid_params(
         # and the server goes on: a request within the limits is transcribed
         ok = p.call("transcribe", {"audio_path": audio, "hotwords": ["Trispr"]}, timeout=120)
         assert len(ok["result"]["segments"]) == 4
+
+
+def test_non_speech_segments_and_a_recovered_loop_over_the_pipe(
+    tiny_model: Path, speech_clip: Path, tmp_path: Path
+) -> None:
+    first = (
+        '<|im_start|>assistant\n[{"Start":0,"End":1.2,"Content":"[Silence]"},'
+        '{"Start":1.2,"End":3.5,"Speaker":0,"Content":"Hello there."},'
+        '{"Start":3.5,"End":4,"Speaker":1,"Content":"' + "no " * 300
+    )
+    rest = (
+        '{"Start":3.5,"End":5.0,"Speaker":"N/A","Content":"[Environmental Sounds]"},'
+        '{"Start":5.0,"End":8.0,"Speaker":1,"Content":"Hi, shall we?"}]<|im_end|>'
+    )
+    (tmp_path / "first.txt").write_text(first, encoding="utf-8")
+    (tmp_path / "rest.txt").write_text(rest, encoding="utf-8")
+    env = _env(
+        tiny_model,
+        VIBEVOICE_TEST_SCRIPT=str(tmp_path / "first.txt"),
+        VIBEVOICE_TEST_RETRY_SCRIPT=str(tmp_path / "rest.txt"),
+    )
+    with RpcProcess(cmd=SCRIPTED, env=env) as p:
+        rid = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 2000})
+        res = p.response(rid, timeout=120)["result"]
+        got = [(s["speaker"], s["speaker_id"], s["non_speech"], s["text"]) for s in res["segments"]]
+        assert got == [
+            ("Speaker_unknown", None, True, "[Silence]"),
+            ("Speaker_0", 0, False, "Hello there."),
+            ("Speaker_N_A", None, True, "[Environmental Sounds]"),
+            ("Speaker_1", 1, False, "Hi, shall we?"),
+        ]
+        meta = res["metadata"]
+        assert meta["num_speakers"] == 2 and meta["loop_recoveries"] == 1
+        assert meta["repetition_stopped"] is False
+        assert any("recovery 1 of 3" in w for w in meta["warnings"])
+        assert [n["segment"] for n in p.notifications("segment", rid)] == res["segments"]
+
+
+def test_a_failed_reload_keeps_the_working_model_over_the_pipe(
+    tiny_model: Path, speech_clip: Path, tmp_path: Path
+) -> None:
+    with RpcProcess(cmd=SCRIPTED, env=_env(tiny_model, VIBEVOICE_TEST_SCRIPT="default")) as p:
+        first = p.call("transcribe", {"audio_path": str(speech_clip)}, timeout=120)["result"]
+        bad = str(tmp_path / "no-model-here")
+        err = p.call("reload_model", {"precision": "bf16", "model_path": bad}, timeout=60)["error"]
+        assert err["code"] == -32004 and err["data"]["kept_model"] is True, err
+        assert "was kept" in err["message"]
+        health = p.call("health")["result"]
+        assert health["model_loaded"] is True and health["model"] == str(tiny_model)
+        assert health["precision"] == "fp32"
+        again = p.call("transcribe", {"audio_path": str(speech_clip)}, timeout=120)["result"]
+        assert again["segments"] == first["segments"]
