@@ -269,6 +269,9 @@ class Server:
         self.notifications: dict[str, int] = {}
         self.stage: dict[Any, str] = {}  # request id -> latest progress stage
         self.segments: dict[Any, int] = {}  # request id -> segment notifications seen
+        # (request id, stage) -> arrival of that stage's first progress; request id -> first segment
+        self.stage_at: dict[tuple[Any, str], float] = {}
+        self.first_segment_at: dict[Any, float] = {}
         # raw_sink(arrival, line) -> True when it consumed the line (skips JSON parsing; used for
         # pipelined bursts); lines it returns False for are handled as usual.
         self.raw_sink: Callable[[float, bytes], bool] | None = None
@@ -316,10 +319,13 @@ class Server:
                     if method == "ready":
                         self.ready_at = now
                     elif method == "progress":
-                        self.stage[params.get("id")] = params.get("stage", "")
+                        stage = params.get("stage", "")
+                        self.stage[params.get("id")] = stage
+                        self.stage_at.setdefault((params.get("id"), stage), now)
                     elif method == "segment":
                         rid = params.get("id")
                         self.segments[rid] = self.segments.get(rid, 0) + 1
+                        self.first_segment_at.setdefault(rid, now)
                 elif isinstance(msg, dict):
                     self._responses[msg.get("id")] = (now, msg)
                 self._cv.notify_all()

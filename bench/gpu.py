@@ -59,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated: fp16,bf16,int8,nf4,fp32",
     )
     p.add_argument("--runs", type=int, default=1, help="transcriptions per precision (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the engine's budget (12/s of audio + 256)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default: the engine's budget (12/s of audio + 256)",
+    )
     p.add_argument("--prompt", default=None, help="optional context/hotwords text")
     p.add_argument("--force", action="store_true", help="load even when the planner says no")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)
