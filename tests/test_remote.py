@@ -139,7 +139,7 @@ def test_a_loop_is_recovered_with_the_good_text_as_the_assistant_prefix(
     replies = [Reply(answer=loop, piece_chars=3), Reply(answer=rest)]
     with FakeVllm(replies=replies) as fake:
         rec = Recorder()
-        result = run(engine_for(fake), rec, audio_path=str(speech_clip))
+        result = run(engine_for(fake, continuation="prefix"), rec, audio_path=str(speech_clip))
     assert [s.text for s in result.segments] == ["Hello there.", "Fine, thanks."]
     assert [s.text for s in rec.segments] == ["Hello there.", "Fine, thanks."]
     assert result.metadata.loop_recoveries == 1 and not result.metadata.repetition_stopped
@@ -151,6 +151,25 @@ def test_a_loop_is_recovered_with_the_good_text_as_the_assistant_prefix(
     assert retry["continue_final_message"] is True and retry["add_generation_prompt"] is False
     assert (retry["temperature"], retry["top_p"], retry["seed"]) == (0.2, 0.95, 1235)
     assert "seed" not in first and first["temperature"] == 0.0
+
+
+def test_by_default_a_loop_restarts_the_window_and_repeated_segments_are_dropped(
+    speech_clip: Path,
+) -> None:
+    good = 'assistant\n[{"Start":0,"End":1.5,"Speaker":0,"Content":"Hello there."},'
+    loop = good + '{"Start":1.5,"End":2,"Speaker":1,"Content":"' + "la " * 400
+    again = good + '{"Start":1.5,"End":4.0,"Speaker":1,"Content":"Fine, thanks."}]'
+    with FakeVllm(replies=[Reply(answer=loop, piece_chars=3), Reply(answer=again)]) as fake:
+        rec = Recorder()
+        result = run(engine_for(fake), rec, audio_path=str(speech_clip))
+    assert [s.text for s in result.segments] == ["Hello there.", "Fine, thanks."]
+    assert [s.text for s in rec.segments] == ["Hello there.", "Fine, thanks."]  # none twice
+    meta = result.metadata
+    assert meta.loop_recoveries == 1 and any("started over" in w for w in meta.warnings)
+    first, retry = fake.requests
+    assert retry["messages"] == first["messages"]  # the same request, no assistant prefix
+    assert "continue_final_message" not in retry
+    assert (retry["temperature"], retry["top_p"], retry["seed"]) == (0.2, 0.95, 1235)
 
 
 def test_cancel_closes_a_stalled_stream_and_keeps_the_segments(speech_clip: Path) -> None:

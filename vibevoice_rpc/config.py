@@ -49,6 +49,7 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 DIALECTS = ("official", "transformers")
+CONTINUATIONS = ("restart", "prefix")
 BACKENDS = ("local", "remote")
 
 
@@ -65,6 +66,9 @@ class RemoteSettings:
     max_audio_seconds: float = 3600.0  # windows are at most this long (the server's limit)
     retries: int = 3  # for 429/502/503/504 and refused connections, with backoff
     fallback: str | None = None  # "local": run the local model when the server is unreachable
+    # How a loop recovery try resumes: "restart" the window (any server), or continue a final
+    # assistant "prefix" (needs a chat template that renders it: continue_final_message).
+    continuation: str = "restart"
 
     @property
     def base(self) -> str:
@@ -169,8 +173,14 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
             f"vibevoice-rpc: VIBEVOICE_REMOTE_RETRIES={raw!r} is not a whole number 0-10"
         )
     retries = int(raw)
+    continuation = env.get("VIBEVOICE_REMOTE_CONTINUATION", "").strip().lower() or "restart"
+    if continuation not in CONTINUATIONS:
+        raise SystemExit(
+            f"vibevoice-rpc: VIBEVOICE_REMOTE_CONTINUATION={continuation!r} is not restart or prefix"
+        )
     return RemoteSettings(
         url=url,
+        continuation=continuation,
         api_key=env.get("VIBEVOICE_REMOTE_API_KEY") or None,
         model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
         dialect=dialect,

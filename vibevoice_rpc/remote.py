@@ -316,11 +316,15 @@ class RemoteRunner:
                 messages.append({"role": "assistant", "content": _ROLE_RE.sub("", tried.prefix)})
                 body["continue_final_message"] = True
                 body["add_generation_prompt"] = False
+            # (continuation "restart": a recovery try asks for the whole window again; the
+            # segments it repeats are dropped by the stream)
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             report = run.on_upload if tried.number == 0 else (lambda _p: None)
             return self._stream(run, tried, data, report, budget)
 
-        return run_with_recovery(run, attempt)
+        return run_with_recovery(
+            run, attempt, continues=self.settings.continuation == "prefix"
+        )
 
     def _stream(
         self, run: WindowRun, tried: Try, body: bytes, report: Callable[[float], None], budget: int
@@ -385,9 +389,18 @@ class RemoteRunner:
 def _close_on_cancel(
     response: Any, is_cancelled: Callable[[], bool], done: threading.Event
 ) -> None:
-    """Close the stream within ~0.1 s of a cancel, so a blocked read returns at once."""
+    """Abort the stream within ~0.1 s of a cancel. Closing the response alone does not wake a
+    read blocked on a quiet server, so the socket is shut down first (that wakes it on Linux,
+    macOS and Windows alike)."""
     while not done.wait(0.1):
         if is_cancelled():
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
             response.close()
             return
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,15 +102,29 @@ class Runner(Protocol):
         """Transcribe one window, streaming segments through ``run``."""
 
 
+# A segment of a restarted try that ends this close to (or before) the last kept one's end was
+# already transcribed by an earlier try.
+_RESUME_TOLERANCE = 0.25
+
+
 class SegmentStream:
     """One try's answer: feeds the parser, holds each completed segment until it is clear of any
     repeating stretch, detects loops and cuts back to the last complete segment.
 
     ``prefix`` is text an earlier try already streamed (a continuation's assistant prefix): the
     parser reads it first, so the result holds its segments, but they are not sent again.
+    ``carried``: segments earlier tries made final when this try starts over without a prefix (a
+    server that cannot continue an answer); its own segments ending by their last end are dropped.
     """
 
-    def __init__(self, run: WindowRun, *, prefix: str = "", report_first_token: bool = True):
+    def __init__(
+        self,
+        run: WindowRun,
+        *,
+        prefix: str = "",
+        carried: Sequence[Segment] = (),
+        report_first_token: bool = True,
+    ) -> None:
         self._run = run
         self._report_first_token = report_first_token
         self._parser = IncrementalParser(run.duration)
@@ -118,7 +132,11 @@ class SegmentStream:
         self._text: list[str] = [prefix] if prefix else []
         if prefix:
             self._parser.feed(prefix)
-        self._released = len(self._parser.segments)  # segments that are final (sent or prefix)
+        self._carried = list(carried)
+        self._drop_until = max((c.end_time for c in carried), default=None)
+        # Parser segments already decided (prefix, sent or dropped) and the sent/prefix ones.
+        self._decided = len(self._parser.segments)
+        self._kept: list[Segment] = list(self._parser.segments)
         self._held: list[tuple[int, Segment]] = []  # (tokens seen when it completed, segment)
         self.tokens = 0
         self.looping = False
@@ -160,30 +178,36 @@ class SegmentStream:
         held = self._held
         while held and (final or held[0][0] - 1 < before):
             _, segment = held.pop(0)
-            self._released += 1
+            self._decided += 1
+            limit = self._drop_until
+            if limit is not None and segment.end_time <= limit + _RESUME_TOLERANCE:
+                continue  # an earlier try has it
+            self._kept.append(segment)
             self._run.on_segment(segment)
 
     @property
+    def segments(self) -> list[Segment]:
+        """The segments that are final: carried from earlier tries, then this try's."""
+        return self._carried + self._kept
+
+    @property
     def kept_until(self) -> float:
-        """The end time (window seconds) of the last segment sent."""
-        segments = self._parser.segments[: self._released]
-        return max((s.end_time for s in segments), default=0.0)
+        """The end time (window seconds) of the last final segment."""
+        return max((s.end_time for s in self.segments), default=0.0)
 
     def cut(self) -> str:
         """After a loop: send the held segments that came before it, drop the rest, and return the
-        text up to the last kept segment (ending ``},``), or "" when no segment was kept."""
+        text up to the last decided segment (ending ``},``), or "" when there is none."""
         self._release(before=self._detector.loop_start)
         self._held.clear()
-        if self._released == 0:
+        if self._decided == 0:
             return ""
-        end = self._parser.segment_end_offsets[self._released - 1]
+        end = self._parser.segment_end_offsets[self._decided - 1]
         return "".join(self._text)[:end] + ","
 
     def finish(self) -> ParsedTranscript:
         parsed = self._parser.finish()
-        if self.looping:  # only what came before the loop
-            parsed = dataclasses.replace(parsed, segments=parsed.segments[: self._released])
-        return parsed
+        return dataclasses.replace(parsed, segments=self.segments)
 
     @property
     def text(self) -> str:
@@ -212,14 +236,20 @@ class TryOutcome:
 TryFn = Callable[[Try], TryOutcome]
 
 
-def run_with_recovery(run: WindowRun, attempt: TryFn) -> WindowResult:
-    """Run ``attempt`` greedily, then from the last complete segment while it loops (≤ 3 tries)."""
+def run_with_recovery(run: WindowRun, attempt: TryFn, *, continues: bool = True) -> WindowResult:
+    """Run ``attempt`` greedily, then again while it loops (≤ 3 recovery tries).
+
+    ``continues``: the runner can continue an answer from a prefix (the local model; a server
+    whose chat template renders a final assistant message). Otherwise a recovery try starts the
+    window over at the recovery temperature and the segments it repeats are dropped.
+    """
     warnings: list[str] = []
     prefix = ""
+    carried: list[Segment] = []
     generated = 0
     tries = 0
     while True:
-        stream = SegmentStream(run, prefix=prefix, report_first_token=tries == 0)
+        stream = SegmentStream(run, prefix=prefix, carried=carried, report_first_token=tries == 0)
         sampling = (None, None, None)
         if tries:
             sampling = (RECOVERY_TEMPERATURES[tries - 1], RECOVERY_TOP_P, RECOVERY_SEED + tries)
@@ -227,7 +257,11 @@ def run_with_recovery(run: WindowRun, attempt: TryFn) -> WindowResult:
         generated += outcome.new_tokens
         if not stream.looping or run.is_cancelled():
             break
-        prefix = stream.cut()
+        cut = stream.cut()
+        if continues:
+            prefix = cut
+        else:
+            carried = stream.segments
         where = run.start + stream.kept_until
         if tries == len(RECOVERY_TEMPERATURES):
             warnings.append(
@@ -237,10 +271,10 @@ def run_with_recovery(run: WindowRun, attempt: TryFn) -> WindowResult:
             )
             break
         tries += 1
+        how = "continued from the last complete segment" if continues else "started over"
         warnings.append(
-            f"generation got stuck repeating itself after {where:.1f} s; continued from the last "
-            f"complete segment at temperature {RECOVERY_TEMPERATURES[tries - 1]} "
-            f"(recovery {tries} of {len(RECOVERY_TEMPERATURES)})"
+            f"generation got stuck repeating itself after {where:.1f} s; {how} at temperature "
+            f"{RECOVERY_TEMPERATURES[tries - 1]} (recovery {tries} of {len(RECOVERY_TEMPERATURES)})"
         )
         log.warning("%s", warnings[-1])
         run.check_cancelled()
