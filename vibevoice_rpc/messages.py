@@ -115,13 +115,17 @@ class CancelResult(msgspec.Struct):
 
 
 class HealthResult(msgspec.Struct):
+    """``gpu_available`` is meaningful only once ``gpu_probe`` is not ``"pending"`` (see
+    :data:`vibevoice_rpc.gpu.GPU_PROBES`); ``device`` is None until torch has answered."""
+
     status: str
     model_loaded: bool
     gpu_available: bool
     vram_used_mb: int | None
     vram_total_mb: int | None
+    gpu_probe: Literal["pending", "nvml", "torch", "none", "failed"]
     state: str
-    device: str
+    device: str | None
     precision: str
     model: str
     queue_length: int
@@ -131,6 +135,8 @@ class HealthResult(msgspec.Struct):
     uptime_s: float
     last_error: str | None = None
     plan: dict[str, Any] | None = None
+    gpu_name: str | None = None
+    gpu_driver: str | None = None
 
 
 # --- notifications --------------------------------------------------------------------------
