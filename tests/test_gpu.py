@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from vibevoice_rpc import engine as engine_mod
 from vibevoice_rpc import gpu
 from vibevoice_rpc.config import Config
-from vibevoice_rpc.dispatcher import Dispatcher
+from vibevoice_rpc.dispatcher import Dispatcher, Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import ModelUnavailable
 
@@ -321,3 +322,86 @@ def test_health_answers_while_torch_import_hangs_then_reports_its_failure(tmp_pa
         assert "page file" in err["data"]["hint"]
         assert p.call("shutdown", timeout=30)["result"]["status"] == "ok"
         assert p.wait_exit(10) == 0
+
+
+# --- the VRAM cap ---------------------------------------------------------------------------------
+
+
+class FakeCuda:
+    def __init__(self, free: int = 10 * GIB, total: int = 12 * GIB) -> None:
+        self.free, self.total = free, total
+        self.calls: list[tuple[Any, ...]] = []
+
+    def mem_get_info(self) -> tuple[int, int]:
+        self.calls.append(("mem_get_info",))
+        return self.free, self.total
+
+    def current_device(self) -> int:
+        return 0
+
+    def set_per_process_memory_fraction(self, fraction: float, device: int) -> None:
+        self.calls.append(("set_per_process_memory_fraction", fraction, device))
+
+
+def test_memory_fraction_is_the_free_vram_less_a_reserve():
+    assert gpu.memory_fraction(10 * GIB, 12 * GIB) == pytest.approx(
+        (10 * GIB - gpu.VRAM_RESERVE_BYTES) / (12 * GIB)
+    )
+    assert gpu.memory_fraction(16 * GIB, 12 * GIB, reserve_bytes=0) == 1.0  # never above 1
+    assert gpu.memory_fraction(100 * MIB, 12 * GIB) is None  # nothing left: no cap
+    assert gpu.memory_fraction(1, 0) is None
+
+
+def test_cap_on_windows_uses_the_plans_free_vram():
+    cuda = FakeCuda()
+    plan = {"free_vram_bytes": 7 * GIB, "total_vram_bytes": 8 * GIB}
+    fraction = gpu.cap_process_memory(plan, cuda=cuda, windows=True)
+    assert fraction == pytest.approx((7 * GIB - gpu.VRAM_RESERVE_BYTES) / (8 * GIB))
+    assert cuda.calls == [("set_per_process_memory_fraction", fraction, 0)]
+
+
+def test_cap_asks_the_device_when_the_plan_has_no_figures():
+    cuda = FakeCuda(free=5 * GIB, total=6 * GIB)
+    fraction = gpu.cap_process_memory({"free_vram_bytes": None}, cuda=cuda, windows=True)
+    assert cuda.calls[0] == ("mem_get_info",)
+    assert cuda.calls[1] == ("set_per_process_memory_fraction", fraction, 0)
+
+
+def test_no_cap_off_windows_or_without_room():
+    cuda = FakeCuda()
+    assert gpu.cap_process_memory({}, cuda=cuda, windows=False) is None
+    assert (
+        gpu.cap_process_memory(
+            {"free_vram_bytes": 64 * MIB, "total_vram_bytes": 8 * GIB}, cuda=cuda, windows=True
+        )
+        is None
+    )
+    assert cuda.calls == []
+
+
+def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
+    from vibevoice_rpc import loader
+
+    capped: list[Any] = []
+    monkeypatch.setattr(engine_mod, "cap_process_memory", lambda plan: capped.append(plan))
+    plan = {"free_vram_bytes": 7 * GIB, "total_vram_bytes": 8 * GIB}
+
+    devices = iter(["cpu", "cuda"])
+
+    def fake_load(precision: str, **_kw: Any) -> dict[str, Any]:
+        return {
+            "model": object(),
+            "processor": object(),
+            "precision": precision,
+            "device": next(devices),
+            "source": "/models/x",
+            "plan": plan,
+            "parked": False,
+            "max_window_seconds": 3600.0,
+        }
+
+    monkeypatch.setattr(loader, "load_model", fake_load)
+    eng = Engine(Config(precision="fp16"), gpu=gpu.GpuProbe(nvml=FakeNvml()))
+    job = Job(None, "preload", None, None, None)
+    assert eng._load("fp16", job).device == "cpu" and capped == []
+    assert eng._load("fp16", job).device == "cuda" and capped == [plan]

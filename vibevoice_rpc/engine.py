@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL_ID, Config
 from .errors import ModelUnavailable, OutOfMemory, RpcError
-from .gpu import GpuProbe, torch_import_error
+from .gpu import GpuProbe, cap_process_memory, torch_import_error
 from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeResult
 
 if TYPE_CHECKING:
@@ -260,6 +260,8 @@ class Engine:
             allow_cpu_offload=self.config.allow_cpu_offload,
             check_cancelled=job.check_cancelled,
         )
+        if loaded["device"] == "cuda":  # Windows: OOM instead of the driver's sysmem fallback
+            cap_process_memory(loaded["plan"])
         log.info(
             "model loaded from %s in %.1f s: %s on %s",
             loaded["source"],

@@ -23,6 +23,8 @@ __all__ = [
     "GPU_PROBES",
     "GpuProbe",
     "torch_import_error",
+    "memory_fraction",
+    "cap_process_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ GPU_PROBES = ("pending", "nvml", "torch", "none", "failed")
 POLL_SECONDS = 1.0  # how often NVML's memory figures are refreshed for health
 # Windows drivers from 536.40 spill into shared system memory when VRAM runs out.
 SYSMEM_FALLBACK_DRIVER = (536, 40)
+# Device memory outside PyTorch's caching allocator that grows after the model is loaded (CUDA
+# context, kernels loaded on first use, cuBLAS/cuDNN handles): kept out of the allocator's cap.
+VRAM_RESERVE_BYTES = 384 * 2**20
 MIB = 2**20
 
 
@@ -253,3 +258,55 @@ def torch_import_error(exc: BaseException) -> ModelUnavailable:
         kind="torch_import_failed",
         hint=hint,
     )
+
+
+# --- the VRAM cap (Windows' sysmem fallback) --------------------------------------------------
+
+
+def memory_fraction(
+    free_bytes: int, total_bytes: int, reserve_bytes: int = VRAM_RESERVE_BYTES
+) -> float | None:
+    """The share of the device PyTorch's allocator may hold so that it raises out-of-memory before
+    the driver spills: the VRAM that was free before the model was loaded, less ``reserve_bytes``
+    for memory outside the allocator. None when that leaves nothing (then no cap is set)."""
+    if total_bytes <= 0:
+        return None
+    allowed = min(free_bytes, total_bytes) - reserve_bytes
+    if allowed <= 0:
+        return None
+    return allowed / total_bytes
+
+
+def cap_process_memory(
+    plan: Mapping[str, Any] | None, *, cuda: Any = None, windows: bool | None = None
+) -> float | None:
+    """On Windows, cap PyTorch's CUDA allocations with ``set_per_process_memory_fraction``.
+
+    Windows drivers >= 536.40 spill into shared system memory when VRAM runs out instead of
+    failing: no out-of-memory error, the job just crawls. With the cap PyTorch raises first (-32005).
+    Sized from the VRAM the planner saw free before loading (``plan``), else from ``mem_get_info``.
+    Returns the fraction set, or None. Elsewhere the driver does not spill: no cap.
+    """
+    if not (IS_WINDOWS if windows is None else windows):
+        return None
+    if cuda is None:  # pragma: no cover - GPU only; the tests pass a fake torch.cuda
+        import torch
+
+        cuda = torch.cuda
+    plan = plan or {}
+    free, total = plan.get("free_vram_bytes"), plan.get("total_vram_bytes")
+    if free is None or total is None:
+        free, total = cuda.mem_get_info()
+    fraction = memory_fraction(int(free), int(total))
+    if fraction is None:
+        log.warning("not capping CUDA memory: only %d MiB were free", int(free) // MIB)
+        return None
+    cuda.set_per_process_memory_fraction(fraction, cuda.current_device())
+    log.info(
+        "capped PyTorch's CUDA memory at %d of %d MiB (fraction %.3f) so that running out of VRAM "
+        "is an out-of-memory error, not a spill into shared system memory",
+        int(fraction * total) // MIB,
+        int(total) // MIB,
+        fraction,
+    )
+    return fraction
