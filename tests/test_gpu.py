@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -174,6 +175,14 @@ def test_a_failing_nvml_waits_for_torch_and_never_guesses():
         "vram_used_mb": None,
         "vram_total_mb": None,
     }
+
+
+def test_a_missing_pynvml_is_no_evidence_of_no_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    probe = probed(None)
+    assert probe.facts()["gpu_probe"] == "pending"
+    probe.torch_answered(False)
+    assert probe.facts()["gpu_probe"] == "torch" and probe.facts()["gpu_available"] is False
 
 
 def test_torch_can_say_yes_where_nvml_is_missing():

@@ -118,10 +118,10 @@ class GpuProbe:
                 import pynvml as nvml
             nvml.nvmlInit()
         except Exception as exc:
+            # Only a missing NVML library means "no NVIDIA driver"; a missing pynvml (a build that
+            # left it out) or a failing driver is no evidence either way: torch decides then.
             not_found = getattr(nvml, "NVMLError_LibraryNotFound", None)
-            absent = isinstance(exc, ImportError) or (
-                not_found is not None and isinstance(exc, not_found)
-            )
+            absent = not_found is not None and isinstance(exc, not_found)
             with self._lock:
                 self._nvml = "absent" if absent else "failed"
             log.info("NVML: %s (%s)", "no NVIDIA driver" if absent else "failed", exc)
