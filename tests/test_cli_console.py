@@ -73,6 +73,7 @@ def test_progress_without_a_console_prints_one_line_per_stage():
     assert out.getvalue() == "loading_audio: decoding audio\nencoding: encoding\n"
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal (POSIX)")
 def test_output_to_a_console_goes_through_its_encoding():
     master, slave = os.openpty()  # a real terminal: os.isatty is true for it
     try:

@@ -18,6 +18,12 @@ from vibevoice_rpc import server, transport, watchdog, winapi
 
 pytestmark = pytest.mark.timeout(60)
 
+# The real kernel32: these run only on Windows (the GitHub workflow .github/workflows/windows.yml).
+windows_only = pytest.mark.skipif(not winapi.IS_WINDOWS, reason="real kernel32: Windows only")
+posix_only = pytest.mark.skipif(
+    winapi.IS_WINDOWS, reason="POSIX (os.kill(pid, 0) kills on Windows)"
+)
+
 PSEUDO_HANDLE = -1  # what GetCurrentProcess returns: the current process's pseudo-handle
 
 
@@ -237,6 +243,7 @@ def test_wait_for_exit_takes_the_windows_branch_when_told(monkeypatch):
     assert calls[0] == ("OpenProcess", winapi.SYNCHRONIZE, False, 99)
 
 
+@posix_only
 def test_wait_for_exit_on_posix_returns_when_the_process_is_gone():
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
@@ -313,3 +320,32 @@ def test_protocol_fd_is_not_inherited_by_a_child(saved_stdio):
         assert out.stdout.strip() == "closed"
     finally:
         os.close(fd)
+
+
+# --- the real thing, on Windows only --------------------------------------------------------------
+
+
+@windows_only
+def test_real_current_process_pseudo_handle_is_pointer_sized():
+    assert winapi.kernel32().GetCurrentProcess() == 2 ** (8 * ctypes.sizeof(ctypes.c_void_p)) - 1
+
+
+@windows_only
+def test_real_watchdog_returns_when_the_watched_process_exits():
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (watchdog.wait_for_exit(child.pid), done.set()), daemon=True
+    ).start()
+    assert not done.is_set()
+    child.stdin.close()  # type: ignore[union-attr]
+    child.wait(30)
+    assert done.wait(30)
+
+
+@windows_only
+def test_real_exit_process_exits_with_the_code():
+    code = "from vibevoice_rpc.winapi import exit_process\nexit_process(7)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 7
