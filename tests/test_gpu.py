@@ -414,3 +414,22 @@ def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
     job = Job(None, "preload", None, None, None)
     assert eng._load("fp16", job).device == "cpu" and capped == []
     assert eng._load("fp16", job).device == "cuda" and capped == [plan]
+
+
+def test_a_job_waiting_for_torch_says_so_then_gets_the_import_error():
+    eng = Engine(Config(precision="fp32"), gpu=gpu.GpuProbe(nvml=FakeNvml()))
+    seen: list[Any] = []
+
+    def failing_import() -> None:  # what _import_torch records when `import torch` raises
+        eng._torch_error = OSError("[WinError 126] The specified module could not be found.")
+        eng._torch_ready.set()
+
+    eng._import_torch = failing_import  # type: ignore[method-assign]
+    job = Job(7, "transcribe", None, None, lambda method, params: seen.append(params))
+    with pytest.raises(ModelUnavailable) as info:
+        eng._ensure_loaded("fp32", job)
+    assert [(p.stage, p.message) for p in seen] == [
+        ("loading_model", "waiting for PyTorch to load")
+    ]
+    assert info.value.data["kind"] == "torch_import_failed"
+    assert "Visual C++" in info.value.data["hint"]

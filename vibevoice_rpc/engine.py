@@ -208,6 +208,8 @@ class Engine:
         loaded = self._loaded
         if loaded is not None and not force and loaded.requested == precision:
             return loaded
+        if not self._torch_ready.is_set():  # a CUDA torch can take a minute to import on Windows
+            job.report("loading_model", 0.0, "waiting for PyTorch to load")
         self._require_torch()
         self._unload()
         job.report("loading_model", 0.0, f"loading model ({precision})")
