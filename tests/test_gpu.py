@@ -21,6 +21,7 @@ from vibevoice_rpc.config import Config
 from vibevoice_rpc.dispatcher import Dispatcher, Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import ModelUnavailable
+from vibevoice_rpc.messages import GPU_PROBES, HealthResult
 
 from .rpc_client import RpcProcess, server_env
 
@@ -220,7 +221,9 @@ def _health(engine: Engine) -> dict[str, Any]:
     Dispatcher(engine, out.append).handle_line(b'{"jsonrpc":"2.0","id":1,"method":"health"}')
     msgspec.json.decode(out[0], type=dict)
     result = json.loads(out[0])["result"]
-    msgspec.convert(result, AppHealth, strict=True)
+    msgspec.convert(result, AppHealth, strict=True)  # the app's contract
+    msgspec.convert(result, HealthResult, strict=True)  # ours, gpu_probe one of GPU_PROBES
+    assert result["gpu_probe"] in GPU_PROBES
     return result
 
 

@@ -20,7 +20,6 @@ from .errors import ModelUnavailable
 from .winapi import IS_WINDOWS
 
 __all__ = [
-    "GPU_PROBES",
     "GpuProbe",
     "torch_import_error",
     "memory_fraction",
@@ -29,13 +28,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# health.gpu_probe: where gpu_available comes from.
+# health.gpu_probe (messages.GPU_PROBES): where gpu_available comes from.
 #   pending  nothing has answered yet: gpu_available is not meaningful
 #   nvml     the NVIDIA driver (NVML) answered
 #   torch    NVML could not answer; torch.cuda.is_available() did
 #   none     no NVIDIA driver (the NVML library is absent): no CUDA GPU, a real "false"
 #   failed   NVML failed and torch could not be imported: unknown for good
-GPU_PROBES = ("pending", "nvml", "torch", "none", "failed")
 
 POLL_SECONDS = 1.0  # how often NVML's memory figures are refreshed for health
 # Windows drivers from 536.40 spill into shared system memory when VRAM runs out.

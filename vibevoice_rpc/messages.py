@@ -6,13 +6,15 @@ Extra result fields are fine (the app ignores them); missing or retyped ones bre
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
 __all__ = [
     "PRECISIONS",
     "Precision",
+    "GPU_PROBES",
+    "GpuProbeName",
     "STAGES",
     "TranscribeParams",
     "ReloadParams",
@@ -31,6 +33,10 @@ __all__ = [
 
 Precision = Literal["fp16", "bf16", "int8", "nf4", "fp32", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "int8", "nf4", "fp32", "auto")
+
+# health.gpu_probe: where gpu_available comes from (vibevoice_rpc.gpu explains each).
+GpuProbeName = Literal["pending", "nvml", "torch", "none", "failed"]
+GPU_PROBES: tuple[str, ...] = get_args(GpuProbeName)
 
 # Progress stages of a transcribe job, in order.
 STAGES: tuple[str, ...] = (
@@ -116,14 +122,14 @@ class CancelResult(msgspec.Struct):
 
 class HealthResult(msgspec.Struct):
     """``gpu_available`` is meaningful only once ``gpu_probe`` is not ``"pending"`` (see
-    :data:`vibevoice_rpc.gpu.GPU_PROBES`); ``device`` is None until torch has answered."""
+    :data:`GPU_PROBES`); ``device`` is None until torch has answered."""
 
     status: str
     model_loaded: bool
     gpu_available: bool
     vram_used_mb: int | None
     vram_total_mb: int | None
-    gpu_probe: Literal["pending", "nvml", "torch", "none", "failed"]
+    gpu_probe: GpuProbeName
     state: str
     device: str | None
     precision: str
