@@ -1,6 +1,6 @@
 """Smoke test of the frozen (PyInstaller) executable. A plain script, not a pytest module.
 
-    python tests/frozen_smoke.py dist/vibevoice-rpc/vibevoice-rpc [--build-seconds N]
+    python tests/frozen_smoke.py dist/vibevoice-rpc/vibevoice-rpc[.exe] [--build-seconds N]
 
 Runs the *frozen* executable the way the desktop app does: from a temporary directory outside the
 repository, with a minimal environment (no venv, no PYTHON* variables, no locale), over pipes. It
@@ -65,7 +65,7 @@ def check(condition: Any, message: str) -> None:
 # --- environment -----------------------------------------------------------------------------
 
 
-def minimal_env(work: Path, **extra: str) -> dict[str, str]:
+def minimal_env(work: Path, windows: bool = os.name == "nt", **extra: str) -> dict[str, str]:
     """What a desktop app's child could get at worst: no venv, no PYTHON*, no locale settings."""
     home = work / "home"
     tmp = work / "tmp"
@@ -77,20 +77,36 @@ def minimal_env(work: Path, **extra: str) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "VIBEVOICE_OFFLINE": "1",
     }
-    if os.name == "nt":  # pragma: no cover - the Windows build machine
+    if windows:
         root = os.environ.get("SYSTEMROOT", r"C:\Windows")
+        # What every Windows app's child has: the user's profile folders and name (getpass and
+        # torch's cache folder read USERNAME; there is no pwd module on Windows).
         env.update(
             SYSTEMROOT=root,
             WINDIR=root,
+            SYSTEMDRIVE=os.environ.get("SYSTEMDRIVE", "C:"),
             PATH=os.pathsep.join([rf"{root}\System32", root]),
             USERPROFILE=str(home),
+            USERNAME=os.environ.get("USERNAME", "smoke"),
+            APPDATA=str(home / "AppData" / "Roaming"),
+            LOCALAPPDATA=str(home / "AppData" / "Local"),
             TEMP=str(tmp),
             TMP=str(tmp),
         )
+        for folder in ("APPDATA", "LOCALAPPDATA"):
+            Path(env[folder]).mkdir(parents=True, exist_ok=True)
     else:
         env["PATH"] = "/usr/bin:/bin"
     env.update(extra)
     return env
+
+
+def resolve_exe(path: str, windows: bool = os.name == "nt") -> Path:
+    """The executable; on Windows ``dist/vibevoice-rpc/vibevoice-rpc`` means ``...rpc.exe``."""
+    exe = Path(path).resolve()
+    if windows and not exe.is_file() and exe.suffix.lower() != ".exe":
+        exe = exe.with_name(exe.name + ".exe")
+    return exe
 
 
 def build_tiny_model() -> Path:
@@ -555,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
 
-    exe = Path(args.exe).resolve()
+    exe = resolve_exe(args.exe)
     if not (exe.is_file() and os.access(exe, os.X_OK)):
         print(f"FAIL: {exe} is not an executable file (build it with pyinstaller build_exe.spec)")
         return 1

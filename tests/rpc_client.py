@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +24,12 @@ def process_alive(pid: int) -> bool:
             return "\nState:\tZ" not in f.read()
     except FileNotFoundError:
         return False
+
+
+def kill_pid(pid: int) -> None:
+    """End ``pid`` at once: SIGKILL on POSIX; Windows has no SIGKILL, and there ``os.kill`` with any
+    other signal than CTRL_C/CTRL_BREAK_EVENT is TerminateProcess."""
+    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def server_env(**extra: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .rpc_client import RpcProcess, process_alive, server_env
+from .rpc_client import RpcProcess, kill_pid, process_alive, server_env
 
 SCRIPTED = [sys.executable, "-m", "tests.scripted_server"]
 # A precision lower than each one (for the OOM hint).
@@ -240,7 +240,7 @@ def test_sigkill_mid_job_leaves_no_temp_files(tiny_model, m4a_clip, tmp_path, wh
         finally:
             for c in children:
                 if process_alive(c):
-                    os.kill(c, signal.SIGKILL)
+                    kill_pid(c)
 
 
 # --- an injected CUDA OOM mid-generation ----------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .rpc_client import REPO, RpcProcess, process_alive, server_env
+from .rpc_client import REPO, RpcProcess, kill_pid, process_alive, server_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -165,7 +165,7 @@ def _assert_exits_soon(child: int, log, w: int) -> None:
     finally:
         os.close(w)
         if process_alive(child):
-            os.kill(child, signal.SIGKILL)
+            kill_pid(child)
 
 
 def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):

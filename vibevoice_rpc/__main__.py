@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 
 
 def main() -> None:
     multiprocessing.freeze_support()  # first, before argument parsing (PyInstaller)
     from vibevoice_rpc.cli import main as cli_main
 
-    raise SystemExit(cli_main())
+    code = cli_main()
+    if (
+        "torch" in sys.modules
+    ):  # transcribe/selftest: skip the teardown (and, on Windows, DLL detach)
+        from vibevoice_rpc.winapi import exit_process
+
+        for stream in (sys.stdout, sys.stderr, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        exit_process(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -436,8 +436,9 @@ class Dispatcher:
             gpu_available=bool(snap.get("gpu_available", False)),
             vram_used_mb=snap.get("vram_used_mb"),
             vram_total_mb=snap.get("vram_total_mb"),
+            gpu_probe=snap.get("gpu_probe", "pending"),
             state=state,
-            device=str(snap.get("device", "")),
+            device=snap.get("device"),
             precision=str(snap.get("precision", "")),
             model=str(snap.get("model", "")),
             queue_length=queue_length,
@@ -449,6 +450,8 @@ class Dispatcher:
             plan=snap.get("plan"),
             backend=str(snap.get("backend", "local")),
             remote=snap.get("remote"),
+            gpu_name=snap.get("gpu_name"),
+            gpu_driver=snap.get("gpu_driver"),
         )
 
     def _cancel(self, params: CancelParams, _reply: Reply) -> CancelResult:

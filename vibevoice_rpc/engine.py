@@ -2,8 +2,9 @@
 
 Only the worker thread calls :meth:`Engine.transcribe`, :meth:`Engine.reload`, :meth:`Engine.unload` and
 :meth:`Engine.preload`; the reader thread calls :meth:`Engine.snapshot`, which never waits for them.
-torch is imported on a background thread after ``ready`` (:meth:`Engine.warm_up`); transformers when the
-model is first loaded; bitsandbytes only for a quantized precision.
+torch is imported on a background thread after ``ready`` (:meth:`Engine.warm_up`), next to the NVML
+GPU probe (:mod:`vibevoice_rpc.gpu`); transformers when the model is first loaded; bitsandbytes only
+for a quantized precision.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL_ID, Config
 from .errors import InvalidParams, ModelUnavailable, OutOfMemory, RemoteError, RpcError
+from .gpu import GpuProbe, cap_process_memory, torch_import_error
 from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeResult
 
 if TYPE_CHECKING:
@@ -88,13 +90,15 @@ def _quantization_error(exc: BaseException, precision: str, device: str) -> Mode
 class Engine:
     """Owns the model. Public methods other than :meth:`snapshot` run on the worker thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, gpu: GpuProbe | None = None) -> None:
         self.config = config
-        self.state = "starting"
+        self.state = "idle"  # health says "starting" until torch is imported
         self.last_error: str | None = None
         self._loaded: _Loaded | None = None
         self._torch_ready = threading.Event()
-        self._gpu_available = False
+        self._torch_lock = threading.Lock()
+        self._torch_error: BaseException | None = None
+        self.gpu = gpu if gpu is not None else GpuProbe()
         self._model_path = config.model_path
         self._device_pref = config.device
         self._backend = config.backend
@@ -104,42 +108,66 @@ class Engine:
     # --- state for health (reader thread) -------------------------------------------------
 
     def warm_up(self) -> None:
-        """Import torch in the background, so health can report the GPU without a model. The
-        remote backend needs no torch: it probes its server instead."""
+        """Probe the GPU through NVML and import torch, each on a background thread, so health can
+        report the GPU without a model and without waiting for either. The remote backend needs
+        no torch: it probes its server instead (torch is imported if the app switches to local)."""
+        self.gpu.start()
         if self._backend == "remote":
-            self._torch_ready.set()
-            self.state = "idle"
             self._client().refresh_in_background()
             return
         threading.Thread(target=self._import_torch, name="vibevoice-warmup", daemon=True).start()
 
     def _import_torch(self) -> None:
-        try:
-            import torch
-
-            self._gpu_available = bool(torch.cuda.is_available())
-        except Exception as exc:  # a broken torch install must still let health answer
-            log.error("import torch failed: %s", exc)
-            self.last_error = f"import torch failed: {exc}"
-        finally:
-            self._torch_ready.set()
-            if self.state == "starting":
-                self.state = "idle"
-
-    def snapshot(self) -> dict[str, Any]:
-        """The engine's part of ``health``; waits only for the one-time torch import."""
-        self._torch_ready.wait(10.0)
-        used = total = None
-        if self._gpu_available:
+        """Import torch once (the warm-up thread, or the worker if it gets there first)."""
+        with self._torch_lock:
+            if self._torch_ready.is_set():
+                return
             try:
                 import torch
 
+                self.gpu.torch_answered(bool(torch.cuda.is_available()))
+            except Exception as exc:  # a broken torch install must still let health answer
+                self._torch_error = exc
+                self.gpu.torch_answered(None)
+                err = torch_import_error(exc)
+                log.error("%s (%s)", err.message, err.hint)
+                self.last_error = err.message
+            finally:
+                self._torch_ready.set()
+
+    def _require_torch(self) -> None:
+        """Raise the torch_import_failed error when torch could not be imported (no retry: a
+        half-imported torch is not trustworthy; the hint says to restart the engine)."""
+        self._import_torch()
+        if self._torch_error is not None:
+            raise torch_import_error(self._torch_error)
+
+    def _expected_device(self) -> str | None:
+        """Where a model would run; None while torch has not answered."""
+        if self._device_pref == "cpu":
+            return "cpu"
+        cuda = self.gpu.torch_cuda
+        if cuda is None:
+            return None
+        return "cuda" if cuda else "cpu"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The engine's part of ``health``; answers at once, in every state.
+
+        GPU facts come from :class:`~vibevoice_rpc.gpu.GpuProbe` (NVML, else torch); until one has
+        answered, ``gpu_probe`` is ``"pending"``, ``device`` is None and the state ``starting``.
+        """
+        loaded = self._loaded
+        facts = self.gpu.facts()
+        if loaded is not None and loaded.device == "cuda" and facts["vram_total_mb"] is None:
+            try:  # pragma: no cover - GPU without NVML
+                import torch
+
                 free, total_bytes = torch.cuda.mem_get_info()
-                used, total = (total_bytes - free) // 2**20, total_bytes // 2**20
+                facts["vram_used_mb"] = (total_bytes - free) // 2**20
+                facts["vram_total_mb"] = total_bytes // 2**20
             except Exception as exc:  # pragma: no cover - GPU only
                 log.debug("mem_get_info failed: %s", exc)
-        loaded = self._loaded
-        remote = None
         if self._backend == "remote":
             client = self._client()
             client.refresh_in_background()  # health never waits for the server
@@ -151,9 +179,7 @@ class Engine:
             return {
                 "state": self.state,
                 "model_loaded": bool(status.reachable) and status.error is None,
-                "gpu_available": self._gpu_available,
-                "vram_used_mb": used,
-                "vram_total_mb": total,
+                **facts,
                 "device": "remote",
                 "precision": "remote",
                 "model": client.settings.model,
@@ -162,15 +188,16 @@ class Engine:
                 "backend": "remote",
                 "remote": remote,
             }
+        state = self.state
+        if state == "idle" and not self._torch_ready.is_set():
+            state = "starting"
         return {
-            "state": self.state,
+            "state": state,
             "backend": "local",
             "remote": None,
             "model_loaded": loaded is not None,
-            "gpu_available": self._gpu_available,
-            "vram_used_mb": used,
-            "vram_total_mb": total,
-            "device": loaded.device if loaded else ("cuda" if self._gpu_available else "cpu"),
+            **facts,
+            "device": loaded.device if loaded else self._expected_device(),
             "precision": loaded.precision if loaded else self.config.precision,
             "model": loaded.source if loaded else (self._model_path or DEFAULT_MODEL_ID),
             "last_error": self.last_error,
@@ -303,6 +330,9 @@ class Engine:
         if loaded is not None and not force and loaded.requested == precision:
             return loaded
         del loaded
+        if not self._torch_ready.is_set():  # a CUDA torch can take a minute to import on Windows
+            job.report("loading_model", 0.0, "waiting for PyTorch to load")
+        self._require_torch()
         self._unload()
         job.report("loading_model", 0.0, f"loading model ({precision})")
         self.state = "loading"
@@ -357,6 +387,8 @@ class Engine:
             check_cancelled=job.check_cancelled,
             prepared=prepared,
         )
+        if loaded["device"] == "cuda":  # Windows: OOM instead of the driver's sysmem fallback
+            cap_process_memory(loaded["plan"])
         log.info(
             "model loaded from %s in %.1f s: %s on %s",
             loaded["source"],

@@ -7,13 +7,17 @@ Both run the same engine as the server, in process. Output meant for the user go
 from __future__ import annotations
 
 import argparse
+import codecs
+import locale
 import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -22,6 +26,7 @@ from .dispatcher import Job
 from .errors import ModelUnavailable, RpcError
 from .formats import render
 from .messages import ProgressParams, SegmentParams, TranscribeParams, TranscribeResult
+from .winapi import IS_WINDOWS, kernel32
 
 __all__ = ["run_transcribe", "run_selftest", "sample_audio_path"]
 
@@ -34,32 +39,83 @@ def sample_audio_path() -> Path:
 
 
 class _Bar:
-    """A one-line progress display on stderr."""
+    r"""A one-line progress display on stderr.
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+    Redrawn with a bare ``\r`` and space padding, no ANSI escapes: a legacy Windows console shows
+    ``\x1b[K`` as ``←[K``. Never wider than the console, so ``\r`` returns to the line's start.
+    """
+
+    FIXED = 54  # stage, bar and percentage; the message gets the rest of the line
+
+    def __init__(
+        self, enabled: bool = True, stream: TextIO | None = None, columns: int | None = None
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.columns = columns or shutil.get_terminal_size((80, 24)).columns
         self.stage = ""
+        self._shown = 0  # characters of the bar line now on screen
+
+    def _redraw(self, text: str, end: str = "") -> None:
+        pad = " " * max(0, self._shown - len(text))
+        self.stream.write("\r" + text + pad + end)
+        self._shown = 0 if end else len(text)
+        self.stream.flush()
 
     def __call__(self, method: str, params: Any) -> None:
         if isinstance(params, ProgressParams):
-            width = 30
-            filled = int(params.progress * width)
-            line = f"\r{params.stage:<14} [{'#' * filled}{'.' * (width - filled)}] {params.progress:5.0%} {params.message[:40]:<40}"
             if self.enabled:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+                width = 30
+                filled = int(params.progress * width)
+                room = max(0, self.columns - 1 - self.FIXED)
+                line = (
+                    f"{params.stage:<14} [{'#' * filled}{'.' * (width - filled)}] "
+                    f"{params.progress:5.0%} {params.message[:room]}"
+                )
+                self._redraw(line[: self.columns - 1].rstrip())
             elif params.stage != self.stage:
-                sys.stderr.write(f"{params.stage}: {params.message}\n")
+                self.stream.write(f"{params.stage}: {params.message}\n")
             self.stage = params.stage
         elif isinstance(params, SegmentParams) and self.enabled:
             seg = params.segment
-            sys.stderr.write(
-                f"\r\x1b[K{seg.speaker} [{seg.start_time:.1f}-{seg.end_time:.1f}] {seg.text}\n"
+            self._redraw(
+                f"{seg.speaker} [{seg.start_time:.1f}-{seg.end_time:.1f}] {seg.text}", "\n"
             )
 
     def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.enabled and self._shown:
+            self.stream.write("\n")
+            self._shown = 0
+
+
+def console_encoding(*, windows: bool | None = None, k32: Any = None) -> str:
+    """The encoding a console shows text in: its output code page on Windows, else the locale's."""
+    if IS_WINDOWS if windows is None else windows:
+        lib = k32 if k32 is not None else kernel32()
+        name = f"cp{lib.GetConsoleOutputCP()}"
+    else:
+        name = locale.getpreferredencoding(False)
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "utf-8"
+
+
+def _write_text(
+    fd: int, text: str, *, isatty: Callable[[int], bool] = os.isatty, encoding: str | None = None
+) -> None:
+    """Write ``text`` to ``fd``: UTF-8 bytes to a file or pipe; to a console, text in the console's
+    encoding (unencodable characters become ``?``). On Windows ``open()`` of a console fd gives
+    CPython's console writer (``WriteConsoleW``), which shows every character."""
+    if isatty(fd):
+        with open(
+            fd, "w", encoding=encoding or console_encoding(), errors="replace", closefd=False
+        ) as out:
+            out.write(text)
+        return
+    data = text.encode("utf-8")
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _write_out(text: str, output: str | None, proto_fd: int) -> None:
@@ -67,9 +123,7 @@ def _write_out(text: str, output: str | None, proto_fd: int) -> None:
         Path(output).write_text(text, encoding="utf-8")
         sys.stderr.write(f"wrote {output}\n")
         return
-    data = text.encode("utf-8")
-    while data:
-        data = data[os.write(proto_fd, data) :]
+    _write_text(proto_fd, text)
 
 
 def _fail(err: RpcError) -> int:

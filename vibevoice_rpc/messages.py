@@ -6,7 +6,7 @@ Extra result fields are fine (the app ignores them); missing or retyped ones bre
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -15,6 +15,8 @@ from .prompt import MAX_CONTEXT_CHARS, MAX_HOTWORD_CHARS, MAX_HOTWORDS
 __all__ = [
     "PRECISIONS",
     "Precision",
+    "GPU_PROBES",
+    "GpuProbeName",
     "STAGES",
     "TranscribeParams",
     "ReloadParams",
@@ -33,6 +35,10 @@ __all__ = [
 
 Precision = Literal["fp16", "bf16", "int8", "nf4", "fp32", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "int8", "nf4", "fp32", "auto")
+
+# health.gpu_probe: where gpu_available comes from (vibevoice_rpc.gpu explains each).
+GpuProbeName = Literal["pending", "nvml", "torch", "none", "failed"]
+GPU_PROBES: tuple[str, ...] = get_args(GpuProbeName)
 
 # Progress stages of a transcribe job, in order.
 STAGES: tuple[str, ...] = (
@@ -149,13 +155,17 @@ class CancelResult(msgspec.Struct):
 
 
 class HealthResult(msgspec.Struct):
+    """``gpu_available`` is meaningful only once ``gpu_probe`` is not ``"pending"`` (see
+    :data:`GPU_PROBES`); ``device`` is None until torch has answered."""
+
     status: str
     model_loaded: bool
     gpu_available: bool
     vram_used_mb: int | None
     vram_total_mb: int | None
+    gpu_probe: GpuProbeName
     state: str
-    device: str
+    device: str | None
     precision: str
     model: str
     queue_length: int
@@ -167,6 +177,8 @@ class HealthResult(msgspec.Struct):
     plan: dict[str, Any] | None = None
     backend: str = "local"
     remote: dict[str, Any] | None = None
+    gpu_name: str | None = None
+    gpu_driver: str | None = None
 
 
 # --- notifications --------------------------------------------------------------------------

@@ -322,9 +322,7 @@ class RemoteRunner:
             report = run.on_upload if tried.number == 0 else (lambda _p: None)
             return self._stream(run, tried, data, report, budget)
 
-        return run_with_recovery(
-            run, attempt, continues=self.settings.continuation == "prefix"
-        )
+        return run_with_recovery(run, attempt, continues=self.settings.continuation == "prefix")
 
     def _stream(
         self, run: WindowRun, tried: Try, body: bytes, report: Callable[[float], None], budget: int

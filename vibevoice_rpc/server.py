@@ -2,7 +2,11 @@
 
 Stop paths, each ending in exit code 0 within ~2 s: ``shutdown``, stdin EOF (the parent is gone),
 SIGTERM/SIGINT/SIGHUP, and the parent-process watchdog. All of them cancel running work, answer every
-pending request, then leave with ``os._exit`` (interpreter teardown after torch costs ~0.8 s).
+pending request, then leave with :func:`~vibevoice_rpc.winapi.exit_process`: ``os._exit`` (interpreter
+teardown after torch costs ~0.8 s), on Windows ``TerminateProcess`` (no DLL detach code, which has
+hung at exit with CUDA loaded). On Windows there is no SIGTERM: ``kill()`` is ``TerminateProcess``,
+which ends the process at once; the orderly paths there are ``shutdown``, stdin EOF and the watchdog
+(Ctrl+C/Ctrl+Break in a console raise SIGINT/SIGBREAK).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
@@ -20,6 +25,7 @@ from .dispatcher import Dispatcher
 from .jsonrpc import encode_notification
 from .messages import ReadyParams
 from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, iter_lines
+from .winapi import exit_process
 
 __all__ = ["serve"]
 
@@ -33,9 +39,10 @@ class _Terminate(BaseException):
 class _Stopper:
     """Runs the stop sequence exactly once, from whichever thread gets there first."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, exit: Callable[[int], Any] = exit_process) -> None:
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
+        self._exit = exit
 
     def stop(self, reason: str, code: int = 0) -> None:
         with self._lock:  # a second caller blocks here until the first one exits the process
@@ -48,7 +55,7 @@ class _Stopper:
                         stream.flush()
                 except (OSError, ValueError):
                     pass
-            os._exit(code)
+            self._exit(code)
 
 
 def _install_signal_handlers(dispatcher: Dispatcher) -> None:

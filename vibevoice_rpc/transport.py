@@ -12,9 +12,11 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
+
+from .winapi import IS_WINDOWS, STD_ERROR_HANDLE, STD_OUTPUT_HANDLE, kernel32, last_error
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -30,32 +32,41 @@ log = logging.getLogger(__name__)
 
 # Lines of at least 16 MB are accepted; longer ones are answered with RequestTooLarge.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+_O_BINARY = getattr(os, "O_BINARY", 0x8000)  # the CRT's value; os has it on Windows only
 _KEEP = 64 * 1024  # bytes kept from the head and the tail of an oversized line, to find its id
 
 
-def claim_stdout() -> int:
-    """Reserve the real stdout for the protocol; return its private fd. Idempotent per process."""
+def claim_stdout(*, windows: bool | None = None, msvcrt: Any = None, k32: Any = None) -> int:
+    """Reserve the real stdout for the protocol; return its private fd. Idempotent per process.
+
+    The fd is made non-inheritable: ``os.dup`` of a standard stream is inheritable on Windows, and a
+    child process that inherited it would keep the app's stdout pipe open after the engine exits.
+    """
     try:
         sys.stdout.flush()
     except (AttributeError, OSError, ValueError):
         pass
     proto_fd = os.dup(1)
+    os.set_inheritable(proto_fd, False)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    if os.name == "nt":  # pragma: no cover - Windows only
-        import msvcrt
-
-        # Binary mode: the C runtime would otherwise turn "\n" into "\r\n" on the protocol fd.
-        msvcrt.setmode(proto_fd, os.O_BINARY)
-        msvcrt.setmode(0, os.O_BINARY)
-        try:  # Native code calling GetStdHandle(STD_OUTPUT_HANDLE) must see stderr too.
-            import ctypes
-
-            kernel32 = ctypes.windll.kernel32
-            kernel32.SetStdHandle(-11, kernel32.GetStdHandle(-12))
-        except OSError:
-            log.debug("SetStdHandle failed", exc_info=True)
+    if IS_WINDOWS if windows is None else windows:
+        _claim_windows(proto_fd, msvcrt, k32)
     return proto_fd
+
+
+def _claim_windows(proto_fd: int, msvcrt: Any = None, k32: Any = None) -> None:
+    if msvcrt is None:  # pragma: no cover - Windows only
+        import msvcrt
+    # Binary mode: the C runtime would otherwise turn "\n" into "\r\n" on the protocol fd.
+    msvcrt.setmode(proto_fd, _O_BINARY)
+    msvcrt.setmode(0, _O_BINARY)
+    try:  # Native code calling GetStdHandle(STD_OUTPUT_HANDLE) must see stderr too.
+        lib = k32 if k32 is not None else kernel32()
+        if not lib.SetStdHandle(STD_OUTPUT_HANDLE, lib.GetStdHandle(STD_ERROR_HANDLE)):
+            log.debug("SetStdHandle failed (error %d)", last_error())
+    except OSError:
+        log.debug("SetStdHandle failed", exc_info=True)
 
 
 class LineWriter:
