@@ -151,3 +151,46 @@ def test_non_speech_segments_render_as_their_tag_without_a_speaker() -> None:
     vtt = render(r, "vtt")
     assert "00:00:00.000 --> 00:00:01.200\n[Silence]\n" in vtt and "<v Speaker_unknown>" not in vtt
     assert "<v Speaker_0>Hi." in vtt
+
+
+@pytest.mark.parametrize(
+    "argv,precision,model_path,preload",
+    [
+        (["--precision", "bf16", "transcribe", "f.wav"], "bf16", None, False),
+        (["transcribe", "f.wav", "--precision", "int8"], "int8", None, False),
+        (["--precision", "bf16", "transcribe", "--precision", "nf4", "f.wav"], "nf4", None, False),
+        (["--model-path", "/m", "selftest"], "fp16", "/m", False),
+        (["serve", "--preload", "--precision", "fp32"], "fp32", None, True),
+        (["--preload", "serve"], "fp16", None, True),
+    ],
+)
+def test_options_count_before_and_after_the_command(
+    argv: list[str],
+    precision: str,
+    model_path: str | None,
+    preload: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vibevoice_rpc.cli import _config, build_parser
+
+    for name in ("VIBEVOICE_PRECISION", "VIBEVOICE_MODEL_PATH", "VIBEVOICE_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    config = _config(build_parser().parse_args(argv))
+    assert (config.precision, config.model_path, config.preload) == (precision, model_path, preload)
+
+
+def test_transcribe_help_describes_each_option() -> None:
+    from vibevoice_rpc.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["transcribe"]
+    text = " ".join(sub.format_help().split())  # argparse wraps lines
+    for words in (
+        "output format (default: txt)",
+        "language code for the metadata, or auto (default: auto)",
+        "names and terms to recognise",
+        "free text about the recording",
+        "cap on generated tokens",
+        "model precision: fp16, bf16, int8, nf4, fp32, auto",
+    ):
+        assert words in text, words

@@ -26,11 +26,34 @@ VIBEVOICE_MAX_WINDOW_SECONDS, VIBEVOICE_MAX_QUEUE, VIBEVOICE_ALLOW_CPU_OFFLOAD.
 """
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=PRECISIONS, help="model precision (VIBEVOICE_PRECISION)")
-    p.add_argument("--model-path", help="checkpoint dir or cache dir (VIBEVOICE_MODEL_PATH)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="VIBEVOICE_DEVICE")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (VIBEVOICE_LOG_LEVEL)")
+def _add_model_options(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """The model options, accepted before and after the command. A subcommand's copies default
+    to "not given" (SUPPRESS), so they never overwrite what was given before the command."""
+    kw: dict[str, object] = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=f"model precision: {', '.join(PRECISIONS)} (VIBEVOICE_PRECISION, default fp16)",
+        **kw,
+    )
+    p.add_argument("--model-path", help="checkpoint dir or cache dir (VIBEVOICE_MODEL_PATH)", **kw)
+    p.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), help="VIBEVOICE_DEVICE (default auto)", **kw
+    )
+    p.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING, ERROR (VIBEVOICE_LOG_LEVEL, default INFO)", **kw
+    )
+
+
+def _add_serve_options(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    kw: dict[str, object] = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument("--preload", action="store_true", help="load the model right after ready", **kw)
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        help="exit when this process dies (default: the parent at start; 0 disables)",
+        **({"default": argparse.SUPPRESS} if sub else {"default": None}),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,26 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"vibevoice-rpc {__version__} (protocol {PROTOCOL_VERSION})",
     )
     _add_model_options(parser)
-    parser.add_argument("--preload", action="store_true", help="load the model right after ready")
-    parser.add_argument(
-        "--parent-pid",
-        type=int,
-        default=None,
-        help="exit when this process dies (default: the parent at start; 0 disables)",
-    )
+    _add_serve_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", help="run the JSON-RPC server (the default)")
-    t = sub.add_parser("transcribe", help="transcribe one file and print the result")
-    t.add_argument("file")
-    t.add_argument("--format", choices=("json", "srt", "vtt", "txt"), default="txt")
-    t.add_argument("--language", default="auto")
-    t.add_argument("--hotwords", nargs="*", default=[])
-    t.add_argument("--context")
-    t.add_argument("--max-new-tokens", type=int)
+    serve = sub.add_parser("serve", help="run the JSON-RPC server (the default)")
+    _add_model_options(serve, sub=True)
+    _add_serve_options(serve, sub=True)
+    t = sub.add_parser(
+        "transcribe",
+        help="transcribe one file and print the result",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument("file", help="the audio file (any format the server reads)")
+    t.add_argument(
+        "--format", choices=("json", "srt", "vtt", "txt"), default="txt", help="output format"
+    )
+    t.add_argument("--language", default="auto", help="language code for the metadata, or auto")
+    t.add_argument("--hotwords", nargs="*", default=[], help="names and terms to recognise")
+    t.add_argument("--context", help="free text about the recording (one line per item)")
+    t.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: scaled)")
     t.add_argument("-o", "--output", help="write the result here instead of stdout")
-    _add_model_options(t)
+    _add_model_options(t, sub=True)
     s = sub.add_parser("selftest", help="run the whole pipeline once and report each stage")
-    _add_model_options(s)
+    _add_model_options(s, sub=True)
     return parser
 
 
@@ -96,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         from .server import serve
 
-        if args.parent_pid is None:
-            config.parent_pid = os.getppid()
-        else:
-            config.parent_pid = args.parent_pid or None
+        parent = getattr(args, "parent_pid", None)
+        config.parent_pid = os.getppid() if parent is None else (parent or None)
         return serve(config, proto_fd)
     if command == "transcribe":
         from .humans import run_transcribe
