@@ -209,3 +209,31 @@ def test_a_bitsandbytes_shape_failure_is_a_specific_error(
     assert err.code == -32004 and err.data["kind"] == "quantization_failed"
     assert "nf4 failed inside bitsandbytes" in err.message and "block_n" in err.message
     assert "fp32" in err.data["hint"]
+
+
+def test_health_and_progress_say_which_precision_runs_and_which_was_asked(
+    tiny_model: Path, speech_clip: Path
+) -> None:
+    """On a CPU-only machine fp16 runs as fp32: health says so before loading, while loaded and
+    after unloading; the load's progress names both."""
+    from vibevoice_rpc.messages import TranscribeParams
+
+    eng = Engine(Config(model_path=str(tiny_model), precision="fp16", offline=True))
+    eng.warm_up()
+    assert eng._torch_ready.wait(120)
+    snap = eng.snapshot()
+    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    messages: list[str] = []
+    p = TranscribeParams(audio_path=str(speech_clip), max_new_tokens=2)
+    job = Job("t", "transcribe", p, None, lambda m, d: messages.append(getattr(d, "message", "")))
+    eng.transcribe(p, job)
+    assert "loading model (fp32; fp16 requested)" in messages
+    assert "model loaded (fp32)" in messages
+    snap = eng.snapshot()
+    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    eng.unload(job)
+    snap = eng.snapshot()
+    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    eng.reload(ReloadParams(precision="int8"), job)
+    eng.unload(job)
+    assert (eng.snapshot()["precision"], eng.snapshot()["requested_precision"]) == ("int8", "int8")

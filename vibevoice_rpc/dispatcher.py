@@ -449,6 +449,7 @@ class Dispatcher:
             last_error=snap.get("last_error"),
             plan=snap.get("plan"),
             backend=str(snap.get("backend", "local")),
+            requested_precision=snap.get("requested_precision"),
             remote=snap.get("remote"),
             gpu_name=snap.get("gpu_name"),
             gpu_driver=snap.get("gpu_driver"),

@@ -101,6 +101,7 @@ class Engine:
         self.gpu = gpu if gpu is not None else GpuProbe()
         self._model_path = config.model_path
         self._device_pref = config.device
+        self._requested = config.precision  # the last precision asked for (kept after unload)
         self._backend = config.backend
         self._remote_settings = config.remote
         self._remote_client: Any = None
@@ -141,6 +142,15 @@ class Engine:
         self._import_torch()
         if self._torch_error is not None:
             raise torch_import_error(self._torch_error)
+
+    def _would_run(self, precision: str) -> str:
+        """The precision that runs (or would) for ``precision``: fp16/auto run fp32 on the CPU;
+        on a GPU the plan decides at load (auto stays "auto" until then)."""
+        if self._expected_device() == "cpu":
+            from .planner import cpu_precision
+
+            return cpu_precision(precision)
+        return precision
 
     def _expected_device(self) -> str | None:
         """Where a model would run; None while torch has not answered."""
@@ -198,7 +208,8 @@ class Engine:
             "model_loaded": loaded is not None,
             **facts,
             "device": loaded.device if loaded else self._expected_device(),
-            "precision": loaded.precision if loaded else self.config.precision,
+            "precision": loaded.precision if loaded else self._would_run(self._requested),
+            "requested_precision": loaded.requested if loaded else self._requested,
             "model": loaded.source if loaded else (self._model_path or DEFAULT_MODEL_ID),
             "last_error": self.last_error,
             "plan": loaded.plan if loaded else None,
@@ -330,11 +341,14 @@ class Engine:
         if loaded is not None and not force and loaded.requested == precision:
             return loaded
         del loaded
+        self._requested = precision
         if not self._torch_ready.is_set():  # a CUDA torch can take a minute to import on Windows
             job.report("loading_model", 0.0, "waiting for PyTorch to load")
         self._require_torch()
         self._unload()
-        job.report("loading_model", 0.0, f"loading model ({precision})")
+        runs = self._would_run(precision)
+        what = precision if runs == precision else f"{runs}; {precision} requested"
+        job.report("loading_model", 0.0, f"loading model ({what})")
         self.state = "loading"
         try:
             self._loaded = self._load(precision, job, prepared)

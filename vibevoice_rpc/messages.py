@@ -177,6 +177,7 @@ class HealthResult(msgspec.Struct):
     plan: dict[str, Any] | None = None
     backend: str = "local"
     remote: dict[str, Any] | None = None
+    requested_precision: str | None = None
     gpu_name: str | None = None
     gpu_driver: str | None = None
 

@@ -698,10 +698,15 @@ def _does_not_fit(
     )
 
 
+def cpu_precision(precision: str) -> str:
+    """What runs on the CPU when ``precision`` is asked for: fp16 and auto run fp32."""
+    return precision if precision in ("bf16", "int8", "nf4") else "fp32"
+
+
 def _cpu_mode(precision: str, chunk: int) -> _Mode:
     # fp32 unless bf16 is asked for; int8/nf4 compute in fp32 too (bf16 matmuls measured ~5x slower
     # than fp32 on this CPU). Encoders always fp32: bf16 convolutions measured ~15x slower on CPU.
-    resolved = precision if precision in ("bf16", "int8", "nf4") else "fp32"
+    resolved = cpu_precision(precision)
     return _Mode(resolved, "bf16" if precision == "bf16" else "fp32", "fp32", False, chunk)
 
 
