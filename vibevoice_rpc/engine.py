@@ -143,10 +143,10 @@ class Engine:
         if self._torch_error is not None:
             raise torch_import_error(self._torch_error)
 
-    def _would_run(self, precision: str) -> str:
+    def _would_run(self, precision: str, device: str | None = None) -> str:
         """The precision that runs (or would) for ``precision``: fp16/auto run fp32 on the CPU;
         on a GPU the plan decides at load (auto stays "auto" until then)."""
-        if self._expected_device() == "cpu":
+        if (device or self._expected_device()) == "cpu":
             from .planner import cpu_precision
 
             return cpu_precision(precision)
@@ -201,14 +201,15 @@ class Engine:
         state = self.state
         if state == "idle" and not self._torch_ready.is_set():
             state = "starting"
+        device = self._expected_device()  # once: torch may answer while this runs
         return {
             "state": state,
             "backend": "local",
             "remote": None,
             "model_loaded": loaded is not None,
             **facts,
-            "device": loaded.device if loaded else self._expected_device(),
-            "precision": loaded.precision if loaded else self._would_run(self._requested),
+            "device": loaded.device if loaded else device,
+            "precision": loaded.precision if loaded else self._would_run(self._requested, device),
             "requested_precision": loaded.requested if loaded else self._requested,
             "model": loaded.source if loaded else (self._model_path or DEFAULT_MODEL_ID),
             "last_error": self.last_error,
