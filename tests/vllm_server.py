@@ -8,7 +8,8 @@ yields the base URL (``http://127.0.0.1:PORT``, OpenAI-compatible API under ``/v
 Opt-in: without ``VIBEVOICE_TEST_VLLM=1`` it calls ``pytest.skip``. Use the session fixture
 ``vllm_server_url`` (import it into a test module or conftest) so one server serves the session.
 Environment: ``VIBEVOICE_VLLM_VENV`` / ``VIBEVOICE_VLLM_MODEL_DIR`` override the script's
-cache folders; the server's log goes to a temporary file whose tail is shown on failure.
+cache folders; the server's log goes to a temporary folder (its tail is shown on failure; removed
+afterwards unless ``VIBEVOICE_VLLM_KEEP_LOGS=1``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +115,8 @@ def running_vllm_server(*, start_timeout: float = START_TIMEOUT_S) -> Iterator[s
         yield url
     finally:
         _stop(proc)
+        if os.environ.get("VIBEVOICE_VLLM_KEEP_LOGS") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
