@@ -397,6 +397,19 @@ def serve(args: argparse.Namespace, venv: Path, model_dir: Path) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if not args.ignore_stdin:
+        # EOF on stdin (e.g. the test process died) stops the server, also while it starts.
+        def watch_stdin() -> None:
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            except (OSError, ValueError):
+                pass
+            reason[0] = "stdin EOF"
+            stop.set()
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -421,20 +434,12 @@ def serve(args: argparse.Namespace, venv: Path, model_dir: Path) -> int:
                 return 2
             stop.wait(1.0)
         log(f"server ready in {time.monotonic() - t0:.1f} s")
-        print(f"VLLM_READY url={url} pid={proc.pid}", flush=True)
+        try:
+            print(f"VLLM_READY url={url} pid={proc.pid}", flush=True)
+        except (BrokenPipeError, ValueError):
+            log("stdout is closed; stopping")
+            return 0
 
-        if not args.ignore_stdin:
-
-            def watch_stdin() -> None:
-                try:
-                    while sys.stdin.buffer.read(4096):
-                        pass
-                except (OSError, ValueError):
-                    pass
-                reason[0] = "stdin EOF"
-                stop.set()
-
-            threading.Thread(target=watch_stdin, daemon=True).start()
         while not stop.wait(1.0):
             if proc.poll() is not None:
                 log(f"server exited with {proc.returncode}")
@@ -464,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("extra", nargs="*", help="extra `vllm serve` arguments (after --)")
     args = p.parse_args(argv)
     venv = args.venv.expanduser().resolve()
+
+    def interrupt(_signum, _frame):  # SIGTERM during set-up: unwind (kills the running step)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         ensure_venv(venv, force=args.reinstall)
         if args.install_only:
@@ -476,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         log(f"failed: {exc}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted during set-up")
+        return 130
     return serve(args, venv, model_dir)
 
 
