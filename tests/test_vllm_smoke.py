@@ -12,7 +12,7 @@ import pytest
 
 from .vllm_server import MODEL_NAME, vllm_server_url  # noqa: F401 (session fixture)
 
-# The session fixture may install vLLM (≈ 6 min) and start it (≈ 2 min) inside this test's timeout.
+# The session fixture may install vLLM (6–8 min) and start it (2–4 min) inside this test's timeout.
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 
 

@@ -1,7 +1,7 @@
 """A real vLLM server (CPU, tiny random-weight VibeVoice-ASR) for the remote backend's tests.
 
 Not a test module. ``running_vllm_server()`` starts ``scripts/vllm_cpu_server.py`` (which installs
-its own vLLM venv on first use, ≈ 6 min, then reuses it), waits for its ``VLLM_READY`` line and
+its own vLLM venv on first use, 6–8 min, then reuses it), waits for its ``VLLM_READY`` line and
 yields the base URL (``http://127.0.0.1:PORT``, OpenAI-compatible API under ``/v1``, model name
 ``vibevoice``); on exit it closes the script's stdin, which stops the server and its children.
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "vllm_cpu_server.py"
 ENABLE_VAR = "VIBEVOICE_TEST_VLLM"
 MODEL_NAME = "vibevoice"
-# First run installs ≈ 3.5 GB (≈ 6 min here) and starts the server (≈ 1.5–2.5 min on 2 busy cores).
+# First run installs ≈ 3.5 GB (6–8 min here) and starts the server (2–4 min on 2 busy cores).
 START_TIMEOUT_S = 1200.0
 _READY = re.compile(r"^VLLM_READY url=(\S+) pid=(\d+)$")
 
