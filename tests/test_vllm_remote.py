@@ -47,7 +47,7 @@ def test_a_transcription_through_vllm_has_the_local_shape(
         for n in p.notifications("progress", rid):
             if not stages or stages[-1] != n["stage"]:
                 stages.append(n["stage"])
-        assert stages == ["loading_audio", "uploading", "transcribing", "finalizing"]
+        assert stages == ["queued", "loading_audio", "uploading", "transcribing", "finalizing"]
         health = p.call("health")["result"]
         assert health["backend"] == "remote" and health["remote"]["reachable"] is True
         assert health["remote"]["max_model_len"] == 8192 and health["model_loaded"] is True
