@@ -783,45 +783,50 @@ class _FrameArrays:
         self.layout = None
         self.convert = None
 
-    def _planar(self, frame) -> np.ndarray:  # noqa: ANN001
-        data = frame.to_ndarray()
-        if frame.format.name == "flt":  # packed: (1, n * channels)
-            data = data.reshape(-1, self.channels).T
-        return data
+    def _channels(self, frame) -> list[np.ndarray]:  # noqa: ANN001
+        # Views of the frame's own buffers: ~6x cheaper than frame.to_ndarray() (~20 µs a frame).
+        n = frame.samples
+        if frame.format.name == "fltp":
+            return [np.frombuffer(plane, np.float32, n) for plane in frame.planes]
+        data = np.frombuffer(frame.planes[0], np.float32, n * self.channels)  # "flt": packed
+        return list(data.reshape(n, self.channels).T)
 
     def __call__(self, frames: list) -> np.ndarray:
         if not self.rate:
             first = frames[0]
             self.rate, self.layout = first.sample_rate, first.layout
-            self.channels = len(first.layout.channels)
-        arrays = []
+            self.channels = first.layout.nb_channels
+        parts: list[list[np.ndarray]] = []
         for frame in frames:
             if self.convert is None and (
                 frame.format.name not in ("fltp", "flt")
                 or frame.sample_rate != self.rate
-                or len(frame.layout.channels) != self.channels
+                or frame.layout.nb_channels != self.channels
             ):
                 self.convert = self.av.AudioResampler(
                     format="fltp", layout=self.layout, rate=self.rate
                 )
             if self.convert is None:
-                arrays.append(self._planar(frame))
+                parts.append(self._channels(frame))
             else:
-                arrays.extend(self._planar(f) for f in self.convert.resample(frame))
-        return self._join(arrays)
+                parts.extend(self._channels(f) for f in self.convert.resample(frame))
+        return self._join(parts)
 
     def flush(self) -> np.ndarray | None:
         """The converter's buffered tail, if a converter was used."""
         if self.convert is None:
             return None
-        return self._join([self._planar(f) for f in self.convert.resample(None)])
+        return self._join([self._channels(f) for f in self.convert.resample(None)])
 
-    def _join(self, arrays: list[np.ndarray]) -> np.ndarray:
-        if not arrays:
-            return np.zeros((max(1, self.channels), 0), np.float32)
-        if len(arrays) == 1:
-            return np.ascontiguousarray(arrays[0], dtype=np.float32)
-        return np.concatenate(arrays, axis=1, dtype=np.float32)
+    def _join(self, parts: list[list[np.ndarray]]) -> np.ndarray:
+        out = np.empty((max(1, self.channels), sum(len(p[0]) for p in parts)), np.float32)
+        at = 0
+        for chans in parts:
+            n = len(chans[0])
+            for c, data in enumerate(chans):
+                out[c, at : at + n] = data
+            at += n
+        return out
 
 
 def _pyav_pipeline(
