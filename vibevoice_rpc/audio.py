@@ -42,6 +42,7 @@ import soundfile as sf
 import soxr
 
 from .errors import AudioDecodeError, AudioFileError, AudioTooLong
+from .planner import SAMPLE_RATE
 
 __all__ = [
     "TARGET_RATE",
@@ -54,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 24000
+TARGET_RATE = SAMPLE_RATE  # the model's rate (planner.SAMPLE_RATE)
 DEFAULT_MAX_SECONDS = 4 * 3600.0
 # soxr's 20-bit "high quality", what librosa and transformers use; "VHQ" costs ~15 % more.
 RESAMPLE_QUALITY = "HQ"

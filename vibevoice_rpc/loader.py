@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ModelUnavailable
 from .model_source import resolve_model_dir
-from .planner import ENCODER_MODULES
+from .planner import ENCODER_MODULES, MAX_WINDOW_SECONDS
 
 __all__ = [
     "Prepared",
@@ -328,5 +328,5 @@ def load_model(
         "source": str(source),
         "plan": plan.to_dict(),
         "parked": parked,
-        "max_window_seconds": float(plan.max_window_seconds or 3600.0),
+        "max_window_seconds": float(plan.max_window_seconds or MAX_WINDOW_SECONDS),
     }

@@ -24,7 +24,7 @@ from .errors import ModelDoesNotFit
 
 __all__ = [
     "ENCODER_MODULES",
-    "PRECISIONS",
+    "QUALITY_ORDER",
     "AUTO_ORDER",
     "ParamCounts",
     "TokenCounts",
@@ -46,7 +46,9 @@ ENCODER_MODULES = (
     "semantic_tokenizer_encoder",
     "multi_modal_projector",
 )
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")  # best first; also the order of fitting_modes
+# The loadable precisions (messages.QUALITY_ORDER without "auto"), best first; the order of
+# fitting_modes.
+QUALITY_ORDER = ("fp32", "bf16", "fp16", "int8", "nf4")
 AUTO_ORDER = ("bf16", "fp16", "int8", "nf4")  # auto on a GPU (fp32 doubles memory for no gain)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -538,7 +540,7 @@ def plan(
     free_ram_bytes: int | None = None,
     park_encoders: bool = True,
 ) -> Plan:
-    """Decide how to run ``precision`` ("auto" or one of :data:`PRECISIONS`) on ``device``.
+    """Decide how to run ``precision`` ("auto" or one of :data:`QUALITY_ORDER`) on ``device``.
 
     On CUDA with ``free_vram_bytes`` known, a setting fits when a window of
     ``min(audio_seconds, 60 s)`` (60 s when ``audio_seconds`` is None) fits. ``auto`` takes the
@@ -553,8 +555,10 @@ def plan(
     256); ``free_ram_bytes`` only adds a note on the CPU; ``park_encoders=False`` leaves out the
     settings that move the audio encoders to the CPU between jobs (for an engine that cannot).
     """
-    if precision != "auto" and precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected auto or one of {PRECISIONS}")
+    if precision != "auto" and precision not in QUALITY_ORDER:
+        raise ValueError(
+            f"unknown precision {precision!r}; expected auto or one of {QUALITY_ORDER}"
+        )
     counts = count_parameters(config)
     sizer = _Sizer(config, counts, max_new_tokens, output_tokens_per_second, park_encoders)
     notes: list[str] = []
@@ -584,11 +588,11 @@ def plan(
     target = max(required, min(audio_seconds or MAX_WINDOW_SECONDS, MAX_WINDOW_SECONDS))
     if free_vram_bytes is None:
         notes.append("free VRAM unknown: the plan was not checked against the card")
-    candidates = [p for p in PRECISIONS if p != "bf16" or bf16_supported or precision == "bf16"]
+    candidates = [p for p in QUALITY_ORDER if p != "bf16" or bf16_supported or precision == "bf16"]
     found = {
         p: sizer.best_fit(p, bf16_supported, free_vram_bytes, required, target) for p in candidates
     }
-    fitting = [p for p in PRECISIONS if found.get(p) and (p != "bf16" or bf16_supported)]
+    fitting = [p for p in QUALITY_ORDER if found.get(p) and (p != "bf16" or bf16_supported)]
 
     resolved = precision
     if precision == "auto":

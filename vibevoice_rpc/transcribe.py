@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InvalidParams
 from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
+from .planner import SAMPLE_RATE
 from .prompt import MAX_CONTEXT_TOKENS, build_context
 from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_windows
 
@@ -20,7 +21,6 @@ __all__ = ["transcribe_audio"]
 log = logging.getLogger(__name__)
 
 WINDOW_OVERLAP_SECONDS = 10.0
-SAMPLE_RATE = 24000
 
 
 class _Stitcher:
