@@ -376,10 +376,22 @@ def _error(exc_type, path, **kwargs):
     return err.value
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path, monkeypatch):
     err = _error(AudioFileError, tmp_path / "nope.wav")
     assert (err.kind, err.code) == ("not_found", -32001)
-    assert "working directory" in err.hint
+    # an absolute path: no talk of a working directory, it was used as given
+    assert "working directory" not in err.hint and "as given" in err.hint
+    assert "looked at" not in err.message
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    err = _error(AudioFileError, "~/nope.wav")
+    assert f"looked at {tmp_path / 'home' / 'nope.wav'}" in err.message
+    assert "home folder" in err.hint
+
+    monkeypatch.chdir(tmp_path)
+    err = _error(AudioFileError, "sub/nope.wav")
+    assert f"looked at {tmp_path / 'sub' / 'nope.wav'}" in err.message
+    assert f"working directory {tmp_path}" in err.hint
 
 
 def test_directory(tmp_path):

@@ -142,6 +142,10 @@ def _resolve(path: PathArg) -> tuple[str, str]:
     return raw, full
 
 
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(b.removeprefix("\\\\?\\"))
+
+
 def _check_file(full: str, shown: str) -> int:
     """Raise :class:`AudioFileError` unless ``full`` is a readable, non-empty file; return its size.
 
@@ -161,10 +165,20 @@ def _check_file(full: str, shown: str) -> int:
         ) from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
+        expanded = os.path.expanduser(shown)
+        if os.path.isabs(expanded):
+            where = "" if expanded == full or _same_path(expanded, full) else f", looked at {full}"
+            hint = "check the path; an absolute path is used as given"
+            if expanded != shown:
+                where = f", looked at {full}"
+                hint = "~ is the home folder of the user the engine runs as"
+        else:
+            where = f", looked at {full}"
+            hint = f"a relative path is taken from the working directory {os.getcwd()}"
         raise AudioFileError(
-            f"audio file not found: {shown} ({reason})",
+            f"audio file not found: {shown} ({reason}{where})",
             kind="not_found",
-            hint=f"relative paths resolve against the server's working directory {os.getcwd()}",
+            hint=hint,
             path=shown,
         ) from None
     if stat.S_ISDIR(st.st_mode):
