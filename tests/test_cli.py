@@ -75,8 +75,10 @@ def test_selftest_on_the_configured_tiny_model(tiny_model: Path) -> None:
     out = _run(["selftest"], env)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    for stage in ("audio decode", "model found", "model + generate", "parse", "schema"):
-        assert any(line.startswith(f"[ok] {stage}") for line in lines), out.stdout
+    stages = [line for line in lines if line.startswith("[ok] ")]
+    names = [line[5:21].rstrip() for line in stages]
+    assert names == ["audio decode", "model found", "model + generate", "parse", "schema"]
+    assert len({line.index(" s  ") for line in stages}) == 1, stages  # the columns line up
     assert "its words are noise" in out.stdout and lines[-1].startswith("selftest passed")
 
 

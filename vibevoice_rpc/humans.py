@@ -193,7 +193,7 @@ def run_selftest(config: Config, proto_fd: int) -> int:
         _write_out(line + "\n", None, proto_fd)
 
     def stage(name: str, t0: float, proves: str) -> None:
-        say(f"[ok] {name:<14} {time.monotonic() - t0:6.2f} s  {proves}")
+        say(f"[ok] {name:<16} {time.monotonic() - t0:6.2f} s  {proves}")
 
     say("vibevoice-rpc selftest")
     clip = sample_audio_path()
