@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from .transport import claim_stdout
 
     proto_fd = claim_stdout()
-    setup_logging(config.log_level)
     command = args.command or "serve"
+    setup_logging(config.log_level, nonblocking=command == "serve")
     if command == "serve":
         from .server import serve
 

@@ -81,12 +81,22 @@ class Config:
         )
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr only, in the shape the app parses: ``date - logger - LEVEL - message``."""
+def setup_logging(level: str, *, nonblocking: bool = False) -> None:
+    """Log to stderr only, in the shape the app parses: ``date - logger - LEVEL - message``.
+
+    ``nonblocking`` (the server) routes all stderr output through :mod:`vibevoice_rpc.logsink`,
+    so a stderr pipe nobody reads can never block the protocol: lines are dropped and counted.
+    """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise SystemExit(f"vibevoice-rpc: unknown log level {level!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if nonblocking:
+        from .logsink import SinkHandler, install
+
+        handler = SinkHandler(install())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -254,8 +254,10 @@ class Dispatcher:
         *,
         max_queue: int = 16,
         max_line_bytes: int | None = None,
+        log_lines_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
+        self._log_lines_dropped = log_lines_dropped
         self._write = write
         self._max_queue = max_queue
         self._max_line_bytes = max_line_bytes
@@ -453,6 +455,7 @@ class Dispatcher:
             uptime_s=round(time.monotonic() - self._started, 3),
             last_error=snap.get("last_error"),
             plan=snap.get("plan"),
+            log_lines_dropped=self._log_lines_dropped() if self._log_lines_dropped else 0,
         )
 
     def _cancel(self, params: CancelParams, _reply: Reply) -> CancelResult:

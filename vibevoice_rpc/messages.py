@@ -131,6 +131,7 @@ class HealthResult(msgspec.Struct):
     uptime_s: float
     last_error: str | None = None
     plan: dict[str, Any] | None = None
+    log_lines_dropped: int = 0  # stderr lines dropped because stderr was full (nobody read it)
 
 
 # --- notifications --------------------------------------------------------------------------
