@@ -224,3 +224,31 @@ def test_pending_id_is_refused_for_health_and_cancel_too(tmp_path):
         p.wait_for(lambda m: m.get("id") == 7 and m.get("error", {}).get("code") == -32800)
         assert p.wait_exit(10) == 0
         assert len(p.responses_for(7)) == 4  # 3 refusals + the transcribe's own answer, once
+
+
+def test_a_bom_before_the_first_line_keeps_the_request_and_its_id():
+    with RpcProcess() as p:
+        p.send_raw(b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"health"}\r\n')
+        assert p.response(1, timeout=30)["result"]["status"] == "ok"
+        p.send_raw(b'\xef\xbb\xbf{"jsonrpc":"2.0","id":2,"method":"health"}\n')  # mid-stream: junk
+        err = p.wait_for(lambda m: "error" in m, timeout=30)
+        assert err["id"] is None and err["error"]["code"] == -32700
+
+
+def test_a_line_of_exactly_the_limit_with_crlf_is_served_and_one_more_byte_is_sized_exactly():
+    from vibevoice_rpc.transport import DEFAULT_MAX_LINE_BYTES as limit
+
+    def line(id_: str, size: int) -> bytes:
+        head = b'{"jsonrpc":"2.0","id":"%s","method":"health","params":{"pad":"' % id_.encode()
+        out = head + b"a" * (size - len(head) - 3) + b'"}}'
+        assert len(out) == size
+        return out + b"\r\n"
+
+    with RpcProcess() as p:
+        p.send_raw(line("edge", limit))
+        assert p.response("edge", timeout=60)["result"]["status"] == "ok"
+        p.send_raw(line("over", limit + 1))
+        err = p.response("over", timeout=60)["error"]
+        assert err["code"] == -32009, err
+        assert err["data"]["size"] == limit + 1 and err["data"]["limit"] == limit, err
+        assert f"has {limit + 1} bytes" in err["message"]
