@@ -4,6 +4,8 @@ refuses every job (issue #14.6). Process-level: the real program, spawned like t
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -108,3 +110,47 @@ def test_stderr_closed_at_start_still_serves():
     )
     assert proc.returncode == 0
     assert b'"id":1,"result":{"status":"ok"' in proc.stdout
+
+
+def test_a_model_path_that_is_a_file_says_so(tmp_path):
+    config = tmp_path / "model" / "config.json"
+    config.parent.mkdir()
+    config.write_text("{}")
+    env = server_env(VIBEVOICE_MODEL_PATH=str(config))
+    with RpcProcess(env=env) as p:
+        for params in ({"precision": "fp32"}, {"precision": "fp32", "model_path": str(config)}):
+            err = p.call("reload_model", params, timeout=60)["error"]
+            assert err["code"] == -32004 and err["data"]["kind"] == "model_not_found", err
+            assert "is a file, not a directory" in err["message"], err
+            assert "does not exist" not in err["message"]
+            assert f"its folder is {config.parent}" in err["message"], err
+
+
+def _drop_root_file_access() -> list[str]:
+    """A prefix that runs a command without root's right to read any file (tests run as root)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+@pytest.mark.model
+def test_unreadable_weights_say_permission_denied(tiny_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    weights.chmod(0)
+    env = server_env(VIBEVOICE_MODEL_PATH=str(model), VIBEVOICE_PRECISION="fp32")
+    with RpcProcess(cmd=_drop_root_file_access() + SERVER, env=env) as p:
+        err = p.call("reload_model", {"precision": "fp32"}, timeout=90)["error"]
+        assert err["code"] == -32004 and err["data"]["kind"] == "model_load_failed", err
+        assert f"{weights} cannot be read: Permission denied" in err["message"], err
+        assert "FileNotFoundError" not in err["message"]
+        assert err["data"]["path"] == str(weights)
+        weights.chmod(0o644)  # fixed on disk: the next reload works
+        assert p.call("reload_model", {"precision": "fp32"}, timeout=90)["result"]["status"] == (
+            "success"
+        )
