@@ -55,7 +55,10 @@ class RpcProcess:
         env: dict[str, str] | None = None,
         cmd: list[str] | None = None,
         cwd: str | None = None,
+        read_stderr: bool = True,
     ) -> None:
+        """``read_stderr=False`` leaves the stderr pipe unread (it fills up, as with a client that
+        never drains it) until :meth:`start_reading_stderr`."""
         cmd = cmd or [sys.executable, "-m", "vibevoice_rpc", *(args or [])]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -72,8 +75,15 @@ class RpcProcess:
         self._cv = threading.Condition()
         self.stderr_chunks: list[bytes] = []
         self._next_id = 0
+        self._stderr_reader: threading.Thread | None = None
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if read_stderr:
+            self.start_reading_stderr()
+
+    def start_reading_stderr(self) -> None:
+        if self._stderr_reader is None:
+            self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+            self._stderr_reader.start()
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None

@@ -348,6 +348,47 @@ def test_duplicate_pending_id_is_refused(setup):
     assert wire.wait_for(lambda m: m.get("id") == 1 and "result" in m)
 
 
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("health", None),
+        ("cancel", {"id": 99}),
+        ("cancel", {"id": 7}),
+        ("$/cancelRequest", {"id": 7}),  # sent with an id, it is a request like any other
+        ("shutdown", None),
+        ("transcribe", {"audio_path": "b.wav"}),
+        ("reload_model", {"precision": "fp32"}),
+        ("unload_model", None),
+        ("no_such_method", None),
+    ],
+)
+def test_every_method_refuses_an_id_that_is_pending(setup, method, params):
+    d, engine, wire = setup
+    engine.gate.clear()
+    transcribe(d, 7)
+    assert engine.started.wait(5)
+    msg = {"jsonrpc": "2.0", "id": 7, "method": method}
+    if params is not None:
+        msg["params"] = params
+    send(d, msg)
+    err = wire.wait_for(lambda m: m.get("id") == 7 and "error" in m)["error"]
+    assert err["code"] == -32600 and err["data"]["kind"] == "duplicate_id", err
+    assert not d.stopping.is_set()  # a refused shutdown does not stop the server
+    engine.gate.set()
+    wire.wait_for(lambda m: m.get("id") == 7 and "result" in m)
+    answers = [m for m in wire.responses() if isinstance(m, dict) and m.get("id") == 7]
+    assert len(answers) == 2, answers  # the refusal, then the transcribe's own result, once
+    assert engine.calls == ["a.wav"]  # the pending job ran alone, uncancelled
+
+
+def test_an_id_is_free_again_once_its_request_is_answered(setup):
+    d, _, wire = setup
+    transcribe(d, 7)
+    assert wire.wait_for(lambda m: m.get("id") == 7 and "result" in m)
+    send(d, {"jsonrpc": "2.0", "id": 7, "method": "health"})
+    wire.wait_for(lambda m: m.get("id") == 7 and m.get("result", {}).get("status") == "ok")
+
+
 def test_batch_waits_for_all_members(setup):
     d, engine, wire = setup
     send(

@@ -18,6 +18,7 @@ compile cache directory ``$TMPDIR/torchinductor_<user>`` — on every run, kille
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -332,10 +333,16 @@ def test_corrupt_model_directory_is_a_clear_error_and_a_good_reload_recovers(
         assert h["model_loaded"] is True and h["last_error"] is None, h
         assert p.call("transcribe", clip, timeout=90)["result"]["status"] == "success"
 
-        # Breaking a loaded model: the old one is freed first, then the error; a good reload heals.
+        # A broken checkpoint while a good model is loaded: the error says so and the previous
+        # model is back (issue #9: a failed reload must not break the server).
         params = {"precision": "fp32", "model_path": str(broken["garbage"])}
-        check_error(p.call("reload_model", params, timeout=60), broken["garbage"], "garbage")
-        assert p.call("health", timeout=30)["result"]["model_loaded"] is False
+        answer = p.call("reload_model", params, timeout=60)
+        check_error(answer, broken["garbage"], "garbage")
+        data = answer["error"]["data"]
+        assert data.get("restored_model") is True or data.get("kept_model") is True, data
+        h = p.call("health", timeout=30)["result"]
+        assert h["model_loaded"] is True and h["model"] == str(tiny_model), h
+        assert p.call("transcribe", clip, timeout=90)["result"]["status"] == "success"
         assert p.call("reload_model", good, timeout=60)["result"]["status"] == "success"
         assert p.call("transcribe", clip, timeout=90)["result"]["status"] == "success"
         assert p.proc.poll() is None
@@ -366,3 +373,98 @@ def test_audio_file_deleted_while_queued_is_not_found(tiny_model, speech_clip, t
         assert p.call("health", timeout=30)["result"]["status"] == "ok"
         assert len(p.responses_for(victim)) == 1 and len(p.responses_for(slow)) == 1
         _check_wire(p)
+
+
+# --- a stderr pipe that nobody reads ---------------------------------------------------------------
+
+
+def _flood_with_stderr_full(p: RpcProcess, not_audio: Path, n: int = 5000) -> dict[str, Any]:
+    """Fill the server's unread stderr with log lines from the reader thread (a bad notification
+    logs a line each) and the worker (a file that is not audio logs each decoder's failure at
+    DEBUG), then check that every request was answered exactly once and that lines were dropped."""
+    ids = []
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"jsonrpc": "2.0", "method": f"no such method {i}"}))
+        if i % 10 == 0:
+            ids.append(f"h{i}")
+            lines.append(json.dumps({"jsonrpc": "2.0", "id": ids[-1], "method": "health"}))
+        if i % 100 == 0:  # some are refused as busy: an answer too
+            ids.append(f"t{i}")
+            params = {"audio_path": str(not_audio)}
+            lines.append(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": ids[-1], "method": "transcribe", "params": params}
+                )
+            )
+    p.send_raw(("\n".join(lines) + "\n").encode())
+    for id_ in ids:
+        p.response(id_, timeout=120)
+    # Then the worker logs with stderr certainly full: one transcribe at a time, each answered.
+    for _ in range(20):
+        err = p.call("transcribe", {"audio_path": str(not_audio)}, timeout=60)["error"]
+        assert err["code"] == -32002, err
+    h = p.call("health", timeout=30)["result"]
+    assert h["log_lines_dropped"] > 0, h  # stderr really was full
+    for id_ in ids:
+        assert len(p.responses_for(id_)) == 1, id_
+    return h
+
+
+@pytest.fixture
+def not_audio(tmp_path: Path) -> Path:
+    path = tmp_path / "not audio.wav"
+    path.write_bytes(b"this is text, not a RIFF header\n" * 100)
+    return path
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("stop", ["shutdown", "stdin EOF", "SIGTERM", "parent death"])
+def test_full_stderr_pipe_blocks_neither_answers_nor_stop_paths(not_audio, stop):
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)  # fmt: skip
+    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH="/nonexistent model")
+    args = ["--parent-pid", str(parent.pid)]
+    try:
+        with RpcProcess(args=args, env=env, read_stderr=False) as p:
+            h = _flood_with_stderr_full(p, not_audio)
+            t0 = time.monotonic()
+            if stop == "shutdown":
+                assert p.call("shutdown", timeout=30)["result"]["status"] == "ok"
+            elif stop == "stdin EOF":
+                p.close_stdin()
+            elif stop == "SIGTERM":
+                p.proc.send_signal(signal.SIGTERM)
+            else:
+                parent.kill()
+                parent.wait(10)
+            assert p.wait_exit(30) == 0  # a safety net: the bug was "never exits"
+            took = time.monotonic() - t0
+            print(f"stderr full: {h['log_lines_dropped']} log lines dropped; {stop} -> exit in "
+                  f"{took:.3f} s")  # fmt: skip
+            _drain(p)
+            _check_wire(p)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_dropped_log_lines_are_reported_once_stderr_drains(not_audio):
+    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH="/nonexistent model")
+    with RpcProcess(env=env, read_stderr=False) as p:
+        dropped = _flood_with_stderr_full(p, not_audio, n=3000)["log_lines_dropped"]
+        p.start_reading_stderr()
+        deadline = time.monotonic() + 60
+        while "log lines were dropped" not in p.stderr:  # waits on the pipe's content
+            assert time.monotonic() < deadline, p.stderr[-3000:]
+            time.sleep(0.05)
+        assert f"({dropped} since start)" in p.stderr, p.stderr[-2000:]
+        assert p.call("health", timeout=30)["result"]["log_lines_dropped"] == dropped
+        assert p.call("shutdown", timeout=30)["result"]["status"] == "ok"
+        assert p.wait_exit(10) == 0
+        assert p._stderr_reader is not None
+        p._stderr_reader.join(10)  # everything the server wrote has been read
+        tail = p.stderr.splitlines()[-1]
+        assert "exiting (shutdown)" in tail, tail  # once drained, logging is back to normal

@@ -438,18 +438,30 @@ class Session:
             ]
 
 
-@pytest.fixture
-def fuzz_server(tmp_path: Path):
+@pytest.fixture(params=["stderr read", "stderr full"])
+def fuzz_server(tmp_path: Path, request: pytest.FixtureRequest):
+    """The server to fuzz. ``stderr full``: its stderr pipe is never read and is filled up before
+    the fuzzing starts (DEBUG logging, a flood of bad notifications that log a line each), so every
+    answer below is given while logging has nowhere to go."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    full = request.param == "stderr full"
     env = server_env(
         VIBEVOICE_MODEL_PATH=str(tmp_path / "no model here"),
         VIBEVOICE_PRECISION="fp32",
-        VIBEVOICE_LOG_LEVEL="WARNING",
+        VIBEVOICE_LOG_LEVEL="DEBUG" if full else "WARNING",
         OMP_NUM_THREADS="1",
     )
-    with RpcProcess(env=env, cwd=str(cwd)) as p:
+    with RpcProcess(env=env, cwd=str(cwd), read_stderr=not full) as p:
         p.wait_for(lambda m: isinstance(m, dict) and m.get("method") == "ready", timeout=30)
+        if full:
+            flood = b"".join(b'{"jsonrpc":"2.0","method":"flood %d"}\n' % i for i in range(4000))
+            p.send_raw(flood + b'{"jsonrpc":"2.0","id":"flooded","method":"health"}\n')
+            assert p.response("flooded", timeout=60)["result"]["log_lines_dropped"] > 0
+            with p._cv:  # the flood's answer is not part of the fuzzing's bookkeeping
+                p.messages = [m for m in p.messages if m.get("id") != "flooded"]
+                p.raw = [r for r in p.raw if b'"flooded"' not in r]
+        p.full_stderr = full  # type: ignore[attr-defined]
         yield p
 
 
@@ -743,6 +755,11 @@ def test_fuzz_the_protocol(fuzz_server: RpcProcess) -> None:
     assert p.proc.poll() is None
     h = p.call("health", timeout=30)["result"]
     assert h["status"] == "ok" and h["queue_length"] == 0, h
+    if p.full_stderr:  # type: ignore[attr-defined]
+        assert h["log_lines_dropped"] > 0, h
+        print(f"fuzz with stderr full: {h['log_lines_dropped']} log lines dropped")
+        p.close_stdin()  # and a stop path still works with stderr full
+        assert p.wait_exit(30) == 0
 
 
 def _short(item: Any) -> str:

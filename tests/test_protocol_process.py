@@ -193,3 +193,64 @@ def test_parent_death_ends_the_server_mid_job(tmp_path, tiny_model, speech_clip)
     )
     child, log, w = _orphan(tmp_path, env, request.encode() + b"\n", wait_for="model loaded")
     _assert_exits_soon(child, log, w)
+
+
+def test_pending_id_is_refused_for_health_and_cancel_too(tmp_path):
+    """With transcribe 7 pending, health 7 and cancel 7 are -32600 duplicate_id (issue #14.5)."""
+    from vibevoice_rpc.humans import sample_audio_path
+
+    env = server_env(
+        VIBEVOICE_MODEL_PATH=str(tmp_path / "no model"),  # the load fails, but only after...
+        VIBEVOICE_TEST_LOAD_DELAY="600",  # ...a load that outlasts the test: 7 stays pending
+    )
+    with RpcProcess(cmd=[sys.executable, "-m", "tests.scripted_server"], env=env) as p:
+        p.request("transcribe", {"audio_path": str(sample_audio_path())}, id_=7)
+        p.wait_for(
+            lambda m: (
+                m.get("method") == "progress"
+                and m["params"] == {**m["params"], "id": 7, "stage": "loading_model"}
+            ),
+            timeout=60,
+        )
+        p.request("health", id_=7)
+        p.request("cancel", {"id": 7}, id_=7)
+        p.request("shutdown", id_=7)
+        p.call("health", timeout=30)  # answered inline in order: the three answers came first
+        refused = p.responses_for(7)
+        assert len(refused) == 3, refused
+        for r in refused:
+            assert r["error"]["code"] == -32600 and r["error"]["data"]["kind"] == "duplicate_id"
+        assert p.proc.poll() is None  # the refused shutdown did not stop it
+        assert p.call("cancel", {"id": 7}, timeout=30)["result"] == {"cancelled": True}
+        assert p.call("shutdown", timeout=30)["result"]["status"] == "ok"
+        p.wait_for(lambda m: m.get("id") == 7 and m.get("error", {}).get("code") == -32800)
+        assert p.wait_exit(10) == 0
+        assert len(p.responses_for(7)) == 4  # 3 refusals + the transcribe's own answer, once
+
+
+def test_a_bom_before_the_first_line_keeps_the_request_and_its_id():
+    with RpcProcess() as p:
+        p.send_raw(b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"health"}\r\n')
+        assert p.response(1, timeout=30)["result"]["status"] == "ok"
+        p.send_raw(b'\xef\xbb\xbf{"jsonrpc":"2.0","id":2,"method":"health"}\n')  # mid-stream: junk
+        err = p.wait_for(lambda m: "error" in m, timeout=30)
+        assert err["id"] is None and err["error"]["code"] == -32700
+
+
+def test_a_line_of_exactly_the_limit_with_crlf_is_served_and_one_more_byte_is_sized_exactly():
+    from vibevoice_rpc.transport import DEFAULT_MAX_LINE_BYTES as limit
+
+    def line(id_: str, size: int) -> bytes:
+        head = b'{"jsonrpc":"2.0","id":"%s","method":"health","params":{"pad":"' % id_.encode()
+        out = head + b"a" * (size - len(head) - 3) + b'"}}'
+        assert len(out) == size
+        return out + b"\r\n"
+
+    with RpcProcess() as p:
+        p.send_raw(line("edge", limit))
+        assert p.response("edge", timeout=60)["result"]["status"] == "ok"
+        p.send_raw(line("over", limit + 1))
+        err = p.response("over", timeout=60)["error"]
+        assert err["code"] == -32009, err
+        assert err["data"]["size"] == limit + 1 and err["data"]["limit"] == limit, err
+        assert f"has {limit + 1} bytes" in err["message"]

@@ -28,9 +28,39 @@ def test_oversized_line_is_consumed_and_reported():
     head = b'{"jsonrpc":"2.0","id":"big","params":{"p":"'
     line = head + b"a" * 5000 + b'"}}\n'
     out = list(iter_lines(io.BytesIO(line + b'{"next":1}\n'), max_bytes=1000))
-    assert isinstance(out[0], Oversized) and out[0].size == len(line)
+    # The size, like the limit, counts the line without its terminator (#14.6: it counted it).
+    assert isinstance(out[0], Oversized) and out[0].size == len(line) - 1
     assert find_top_level_id(out[0].head, out[0].tail) == "big"
     assert out[1] == b'{"next":1}'
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b""])
+def test_the_limit_and_the_size_count_a_line_without_its_terminator(end):
+    limit = 1000
+    for extra in (0, 1, 2, 3, 5000):
+        line = b'{"id":"x' + b"a" * (limit + extra - 10) + b'"}'
+        assert len(line) == limit + extra
+        out = list(iter_lines(io.BytesIO(line + end + b"{}\n" * bool(end)), max_bytes=limit))
+        if extra == 0:
+            assert out[0] == line, (extra, end)
+        else:
+            assert isinstance(out[0], Oversized), (extra, end)
+            assert out[0].size == len(line), (extra, end)
+            assert out[0].tail.endswith(b'"}'), (extra, end)
+        assert out[1:] == ([b"{}"] if end else []), (extra, end)
+
+
+def test_a_bom_at_the_start_of_the_stream_is_skipped():
+    bom = b"\xef\xbb\xbf"
+    out = list(iter_lines(io.BytesIO(bom + b'{"id":1}\r\n' + bom + b'{"id":2}\n')))
+    assert out == [b'{"id":1}', bom + b'{"id":2}']  # only the stream's first bytes are a BOM
+    assert list(iter_lines(io.BytesIO(bom))) == []
+    assert list(iter_lines(io.BytesIO(bom + b"\r\n{}"))) == [b"{}"]
+    # with the BOM the first line may still hold the whole limit
+    line = b"a" * 1000
+    assert list(iter_lines(io.BytesIO(bom + line + b"\r\n"), max_bytes=1000)) == [line]
+    (big,) = iter_lines(io.BytesIO(bom + line + b"a\r\n"), max_bytes=1000)
+    assert isinstance(big, Oversized) and big.size == 1001 and big.head.startswith(line + b"a")
 
 
 def test_id_inside_params_is_not_mistaken_for_the_top_level_id():

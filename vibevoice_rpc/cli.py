@@ -50,10 +50,50 @@ def _add_serve_options(p: argparse.ArgumentParser, *, sub: bool = False) -> None
     p.add_argument("--preload", action="store_true", help="load the model right after ready", **kw)
     p.add_argument(
         "--parent-pid",
-        type=int,
+        type=_parent_pid,
         help="exit when this process dies (default: the parent at start; 0 disables)",
         **({"default": argparse.SUPPRESS} if sub else {"default": None}),
     )
+
+
+# pid_t is a signed 32-bit int on POSIX; Windows process ids are DWORDs.
+_MAX_PID = 2**32 - 1 if os.name == "nt" else 2**31 - 1
+
+
+def _parent_pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        pid = -1
+    if not 0 <= pid <= _MAX_PID:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a process id (use a pid of 1 or more, or 0 to disable the watchdog)"
+        )
+    return pid
+
+
+def _check_std_fds(command: str) -> None:
+    """Refuse to serve without stdin/stdout, and keep fds 0-2 occupied so later dups stay above them.
+
+    A closed fd 0 would otherwise be reused by the first ``os.dup`` (the protocol's copy of stdout)
+    and ``sys.stdin`` would be ``None``: a traceback instead of an answer.
+    """
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free fd: this one
+    if 0 in closed and command == "serve":
+        raise SystemExit(
+            "vibevoice-rpc: stdin is closed; the server reads JSON-RPC requests from stdin "
+            "(start it with stdin connected to a pipe)"
+        )
+    if 1 in closed:
+        raise SystemExit("vibevoice-rpc: stdout is closed; the answers are written there")
+    if 0 in closed:
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as we do
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,13 +151,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _check_std_fds(args.command or "serve")
     config = _config(args)
     # Claim stdout before anything heavy is imported: library noise must never reach the channel.
     from .transport import claim_stdout
 
     proto_fd = claim_stdout()
-    setup_logging(config.log_level)
     command = args.command or "serve"
+    setup_logging(config.log_level, nonblocking=command == "serve")
     if command == "serve":
         from .server import serve
 

@@ -7,6 +7,7 @@ app's contract (``VIBEVOICE_PRECISION``, ``VIBEVOICE_MODEL_PATH``); keep them ex
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -35,7 +36,8 @@ def env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    """A finite number of seconds above ``minimum`` (exclusive when it is 0)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -43,8 +45,14 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SystemExit(f"vibevoice-rpc: {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SystemExit(f"vibevoice-rpc: {name} must be positive, got {raw!r}")
+    if not math.isfinite(value):
+        raise SystemExit(
+            f"vibevoice-rpc: {name}={raw!r} must be a finite number of seconds "
+            "(for practically no limit use a large one, e.g. 1e9)"
+        )
+    if value <= 0 or value < minimum:
+        least = f"at least {minimum:g}" if minimum else "positive"
+        raise SystemExit(f"vibevoice-rpc: {name} must be {least}, got {raw!r}")
     return value
 
 
@@ -92,6 +100,25 @@ def validate_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the remote URL must be http(s)://host[:port], got {url!r}")
     return url.strip()
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(
+            f"vibevoice-rpc: {name}={raw!r} must be a whole number of at least {minimum}"
+        ) from None
+    if value < minimum:
+        raise SystemExit(f"vibevoice-rpc: {name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+# Windows overlap by up to 10 s; shorter windows than this would be mostly overlap.
+MIN_WINDOW_SECONDS = 10.0
 
 
 @dataclass
@@ -144,8 +171,10 @@ class Config:
             offline=env_flag(env.get("VIBEVOICE_OFFLINE")),
             allow_cpu_offload=env_flag(env.get("VIBEVOICE_ALLOW_CPU_OFFLOAD")),
             log_level=(env.get("VIBEVOICE_LOG_LEVEL") or "INFO").upper(),
-            max_queue=int(_env_float(env, "VIBEVOICE_MAX_QUEUE", 16)),
-            max_window_seconds=_env_float(env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0),
+            max_queue=_env_int(env, "VIBEVOICE_MAX_QUEUE", 16),
+            max_window_seconds=_env_float(
+                env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0, minimum=MIN_WINDOW_SECONDS
+            ),
             max_audio_seconds=_env_float(env, "VIBEVOICE_MAX_AUDIO_SECONDS", 4 * 3600.0),
         )
 
@@ -194,12 +223,22 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
     )
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr only, in the shape the app parses: ``date - logger - LEVEL - message``."""
+def setup_logging(level: str, *, nonblocking: bool = False) -> None:
+    """Log to stderr only, in the shape the app parses: ``date - logger - LEVEL - message``.
+
+    ``nonblocking`` (the server) routes all stderr output through :mod:`vibevoice_rpc.logsink`,
+    so a stderr pipe nobody reads can never block the protocol: lines are dropped and counted.
+    """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise SystemExit(f"vibevoice-rpc: unknown log level {level!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    if nonblocking:
+        from .logsink import SinkHandler, install
+
+        handler = SinkHandler(install())
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

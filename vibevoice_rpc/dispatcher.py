@@ -254,8 +254,10 @@ class Dispatcher:
         *,
         max_queue: int = 16,
         max_line_bytes: int | None = None,
+        log_lines_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
+        self._log_lines_dropped = log_lines_dropped
         self._write = write
         self._max_queue = max_queue
         self._max_line_bytes = max_line_bytes
@@ -369,6 +371,9 @@ class Dispatcher:
 
     def _dispatch(self, request: Request, reply: Reply) -> None:
         try:
+            if reply._sink is not None:  # any method: a pending id would make answers ambiguous
+                with self._cv:
+                    self._refuse_pending_id(reply.id)
             method = self._methods.get(request.method)
             if method is None:
                 raise MethodNotFound(
@@ -406,13 +411,8 @@ class Dispatcher:
                     max_queue=self._max_queue,
                 )
             if reply._sink is not None:
-                key = _id_key(reply.id)
-                if key in self._inflight:
-                    raise InvalidRequest(
-                        f"Invalid Request: id {reply.id!r} is already in use by a pending request",
-                        kind="duplicate_id",
-                    )
-                self._inflight[key] = job
+                self._refuse_pending_id(reply.id)  # again, atomically with the insert
+                self._inflight[_id_key(reply.id)] = job
             if request.method == "transcribe":  # sent before the worker can report a later stage
                 running = self._running
                 if running is not None and running.method == "preload" and not self._queue:
@@ -422,6 +422,14 @@ class Dispatcher:
                     job.report("queued", 0.0, f"queued at position {position}")
             self._queue.append(job)
             self._cv.notify()
+
+    def _refuse_pending_id(self, id_: Id) -> None:
+        """Raise ``duplicate_id`` when a queued or running request uses ``id_``. Hold ``_cv``."""
+        if _id_key(id_) in self._inflight:
+            raise InvalidRequest(
+                f"Invalid Request: id {id_!r} is already in use by a pending request",
+                kind="duplicate_id",
+            )
 
     # --- inline methods -------------------------------------------------------------------
 
@@ -453,6 +461,7 @@ class Dispatcher:
             remote=snap.get("remote"),
             gpu_name=snap.get("gpu_name"),
             gpu_driver=snap.get("gpu_driver"),
+            log_lines_dropped=self._log_lines_dropped() if self._log_lines_dropped else 0,
         )
 
     def _cancel(self, params: CancelParams, _reply: Reply) -> CancelResult:

@@ -180,6 +180,7 @@ class HealthResult(msgspec.Struct):
     requested_precision: str | None = None
     gpu_name: str | None = None
     gpu_driver: str | None = None
+    log_lines_dropped: int = 0  # stderr lines dropped because stderr was full (nobody read it)
 
 
 # --- notifications --------------------------------------------------------------------------

@@ -24,13 +24,30 @@ _PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktok
 
 
 def _check_checkpoint(path: Path) -> Path:
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise ModelUnavailable(
             f"Model directory {path} has no .safetensors weights (only safetensors are loaded)",
             kind="model_not_found",
             hint=FETCH_HINT,
             path=str(path),
         )
+    # The loaders report an unreadable file as "FileNotFoundError" (safetensors) or worse: say what
+    # is wrong, before anything heavy is loaded.
+    for file in [path / "config.json", *weights]:
+        try:
+            with open(file, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ModelUnavailable(
+                f"Model file {file} cannot be read: {reason}",
+                kind="model_load_failed",
+                hint="check the file's permissions (the server runs as the app's user)"
+                if isinstance(exc, PermissionError)
+                else "check the file (and the disk it is on)",
+                path=str(file),
+            ) from None
     return path
 
 
@@ -46,6 +63,17 @@ def resolve_model_dir(model_path: str | None, *, offline: bool = False) -> Path:
         path = Path(os.path.expanduser(model_path)).resolve()
         if (path / "config.json").is_file():
             return _check_checkpoint(path)
+        if path.exists() and not path.is_dir():
+            parent = (
+                f"; its folder is {path.parent}" if path.suffix in (".json", ".safetensors") else ""
+            )
+            raise ModelUnavailable(
+                f"Model path {path} is a file, not a directory (VIBEVOICE_MODEL_PATH / model_path "
+                f"must name the checkpoint folder, the one holding config.json{parent})",
+                kind="model_not_found",
+                hint=FETCH_HINT,
+                path=str(path),
+            )
         if not path.is_dir():
             raise ModelUnavailable(
                 f"Model path {path} does not exist (VIBEVOICE_MODEL_PATH / model_path)",

@@ -23,6 +23,8 @@ from . import PROTOCOL_VERSION, __version__
 from .config import Config
 from .dispatcher import Dispatcher
 from .jsonrpc import encode_notification
+from .logsink import current as current_sink
+from .logsink import flush_at_exit
 from .messages import ReadyParams
 from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, iter_lines
 from .winapi import exit_process
@@ -49,12 +51,7 @@ class _Stopper:
             self._dispatcher.request_stop(reason)
             self._dispatcher.close(timeout=1.2)
             log.info("exiting (%s)", reason)
-            for stream in (sys.stderr, sys.__stderr__):
-                try:
-                    if stream is not None:
-                        stream.flush()
-                except (OSError, ValueError):
-                    pass
+            flush_at_exit(0.3)  # bounded: a stderr pipe nobody reads must not keep us alive
             self._exit(code)
 
 
@@ -95,8 +92,13 @@ def serve(config: Config, proto_fd: int) -> int:
     from .engine import Engine  # cheap: torch is imported later, on a worker thread
 
     engine = Engine(config)
+    sink = current_sink()
     dispatcher = Dispatcher(
-        engine, writer.write, max_queue=config.max_queue, max_line_bytes=DEFAULT_MAX_LINE_BYTES
+        engine,
+        writer.write,
+        max_queue=config.max_queue,
+        max_line_bytes=DEFAULT_MAX_LINE_BYTES,
+        log_lines_dropped=(lambda: sink.dropped) if sink is not None else None,
     )
     stopper = _Stopper(dispatcher)
     _install_signal_handlers(dispatcher)

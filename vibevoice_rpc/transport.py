@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Lines of at least 16 MB are accepted; longer ones are answered with RequestTooLarge.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 _O_BINARY = getattr(os, "O_BINARY", 0x8000)  # the CRT's value; os has it on Windows only
+_BOM = b"\xef\xbb\xbf"
 _KEEP = 64 * 1024  # bytes kept from the head and the tail of an oversized line, to find its id
 
 
@@ -113,14 +114,20 @@ def iter_lines(
 ) -> Iterator[bytes | Oversized]:
     """Yield each non-blank line of ``stream`` without its ``\\n`` / ``\\r\\n``, until EOF.
 
-    A line longer than ``max_bytes`` is consumed to its end in bounded memory and yielded as
-    :class:`Oversized`, so the reader survives it and can answer.
+    ``max_bytes`` limits a line without its terminator (so ``\\n`` and ``\\r\\n`` lines have the same
+    limit). A longer line is consumed to its end in bounded memory and yielded as :class:`Oversized`
+    (its size without the terminator), so the reader survives it and can answer. A UTF-8 byte-order
+    mark at the very start of the stream (Windows tools write one) is skipped.
     """
+    bom = len(_BOM)  # only the first read may start with one
     while True:
-        line = stream.readline(max_bytes + 1)
-        if not line:
-            return
-        if len(line) > max_bytes and not line.endswith(b"\n"):
+        limit = max_bytes + 2 + bom  # room for the limit plus "\r\n" (and the BOM)
+        line = stream.readline(limit)
+        cut_short = not line.endswith(b"\n") and len(line) >= limit  # the line goes on
+        if bom:
+            bom = 0
+            line = line.removeprefix(_BOM)
+        if cut_short:
             head, tail, size = line[:_KEEP], line[-_KEEP:], len(line)
             while True:
                 more = stream.readline(1 << 20)
@@ -130,13 +137,24 @@ def iter_lines(
                 tail = (tail + more)[-_KEEP:]
                 if more.endswith(b"\n"):
                     break
-            yield Oversized(size=size, head=head, tail=tail.rstrip(b"\r\n"))
+            body = _strip_terminator(tail)
+            yield Oversized(size=size - (len(tail) - len(body)), head=head, tail=body)
             continue
-        line = line.rstrip(b"\n")
+        if not line:  # EOF (a stream of only a BOM is empty too)
+            return
+        line = _strip_terminator(line)
+        if len(line) > max_bytes:
+            yield Oversized(size=len(line), head=line[:_KEEP], tail=line[-_KEEP:])
+        elif line.strip():
+            yield line
+
+
+def _strip_terminator(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
-        if line.strip():
-            yield line
+    return line
 
 
 def id_of_unparsable(data: bytes) -> int | float | str | None:
