@@ -139,6 +139,7 @@ def _assert_cancelled_once(p: RpcProcess, running: str, queued: str, reason: str
         err = answers[0]["error"]
         assert err["code"] == -32800 and err["data"]["kind"] == "cancelled", err
         assert reason in err["data"]["reason"], err
+        assert err["message"].startswith("Request cancelled ("), err  # not "Request shutdown"
     streamed = [s["segment"] for s in p.notifications("segment", running)]
     segments = p.responses_for(running)[0]["error"]["data"]["segments"]
     assert streamed and segments == streamed  # the segments finished so far, as streamed

@@ -254,3 +254,24 @@ def test_a_line_of_exactly_the_limit_with_crlf_is_served_and_one_more_byte_is_si
         assert err["code"] == -32009, err
         assert err["data"]["size"] == limit + 1 and err["data"]["limit"] == limit, err
         assert f"has {limit + 1} bytes" in err["message"]
+
+
+def test_requests_written_with_shutdown_are_answered_shutting_down():
+    with RpcProcess() as p:
+        p.send_raw(
+            b'{"jsonrpc":"2.0","id":1,"method":"shutdown"}\n'
+            b'{"jsonrpc":"2.0","id":2,"method":"health"}\n'
+            b'{"jsonrpc":"2.0","id":3,"method":"transcribe","params":{"audio_path":"x.wav"}}\n'
+            b'[{"jsonrpc":"2.0","id":4,"method":"health"},{"jsonrpc":"2.0","method":"health"}]\n'
+        )
+        assert p.wait_exit(10) == 0
+        assert p.response(1)["result"]["status"] == "ok"
+        for rid in (2, 3):
+            err = p.response(rid)["error"]
+            assert err["code"] == -32008 and err["data"]["kind"] == "shutting_down", err
+            assert "shutting down" in err["message"]
+        batch = [m for m in p.messages if isinstance(m, list)]
+        assert len(batch) == 1 and [m["id"] for m in batch[0]] == [4]
+        assert batch[0][0]["error"]["code"] == -32008
+        answered = [m.get("id") for m in p.messages if isinstance(m, dict) and "id" in m]
+        assert sorted(answered) == [1, 2, 3]  # exactly one answer each

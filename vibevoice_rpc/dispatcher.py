@@ -137,6 +137,15 @@ class _Batch:
         self._write(out)
 
 
+def _why(reason: str | None) -> str:
+    """A stop or cancel reason as words: "shutdown" → "the server is shutting down"."""
+    return {
+        "shutdown": "the server is shutting down",
+        "stdin closed": "stdin closed: the parent is gone",
+        "closed": "the server is stopping",
+    }.get(reason or "closed", reason or "the server is stopping")
+
+
 class Job:
     """One unit of model work, and the engine's handle on it: progress, segments, cancel."""
 
@@ -172,8 +181,9 @@ class Job:
         self.cancel_event.set()
 
     def cancelled_error(self) -> RequestCancelled:
+        reason = self.cancel_reason
         return RequestCancelled(
-            f"Request {self.cancel_reason}",
+            "Request cancelled" if reason == "cancelled" else f"Request cancelled ({_why(reason)})",
             kind="cancelled",
             reason=self.cancel_reason,
             segments=list(self.segments),
@@ -374,6 +384,14 @@ class Dispatcher:
             if reply._sink is not None:  # any method: a pending id would make answers ambiguous
                 with self._cv:
                     self._refuse_pending_id(reply.id)
+            if (
+                self.stopping.is_set()
+            ):  # with or after shutdown: every request still gets one answer
+                raise ShuttingDown(
+                    f"The server is shutting down ({_why(self.stop_reason)}); "
+                    f"{request.method!r} was not run",
+                    reason=self.stop_reason,
+                )
             method = self._methods.get(request.method)
             if method is None:
                 raise MethodNotFound(

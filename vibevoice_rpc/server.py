@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
@@ -26,7 +27,7 @@ from .jsonrpc import encode_notification
 from .logsink import current as current_sink
 from .logsink import flush_at_exit
 from .messages import ReadyParams
-from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, iter_lines
+from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, Oversized, iter_lines
 from .winapi import exit_process
 
 __all__ = ["serve"]
@@ -80,6 +81,37 @@ def _watch_parent(pid: int, stopper: _Stopper) -> None:
     threading.Thread(target=run, name="vibevoice-parent-watchdog", daemon=True).start()
 
 
+# After shutdown, requests already on their way (written with it, or right after) are answered
+# -32008 until the input has been quiet this long (or ends), at most _LATE_MAX seconds in all.
+_LATE_QUIET = 0.2
+_LATE_MAX = 1.0
+
+
+def _answer_late_requests(lines: Iterator[bytes | Oversized], dispatcher: Dispatcher) -> None:
+    """Every request gets one answer, also one that arrives with or just after ``shutdown``: a
+    reader thread keeps handling lines (the dispatcher refuses them with -32008 now) until stdin
+    has been quiet for a moment. Then the process exits regardless; the thread is a daemon."""
+    last = [time.monotonic()]
+    done = threading.Event()
+
+    def drain() -> None:
+        try:
+            for line in lines:
+                last[0] = time.monotonic()
+                dispatcher.handle_line(line)
+        except Exception:  # stdin closed or broken: nothing more will arrive
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=drain, name="vibevoice-late-reader", daemon=True).start()
+    deadline = time.monotonic() + _LATE_MAX
+    while not done.wait(0.05):
+        now = time.monotonic()
+        if now - last[0] >= _LATE_QUIET or now >= deadline:
+            return
+
+
 def serve(config: Config, proto_fd: int) -> int:
     """Serve JSON-RPC on stdin / ``proto_fd`` until told to stop. Does not return normally."""
     writer = LineWriter(proto_fd)
@@ -107,11 +139,13 @@ def serve(config: Config, proto_fd: int) -> int:
     if config.parent_pid:
         _watch_parent(config.parent_pid, stopper)
     reason = "stdin closed"
+    lines = iter_lines(sys.stdin.buffer, DEFAULT_MAX_LINE_BYTES)
     try:
-        for line in iter_lines(sys.stdin.buffer, DEFAULT_MAX_LINE_BYTES):
+        for line in lines:
             dispatcher.handle_line(line)
             if dispatcher.stopping.is_set():
                 reason = dispatcher.stop_reason
+                _answer_late_requests(lines, dispatcher)
                 break
     except (_Terminate, KeyboardInterrupt) as exc:
         reason = f"signal {exc}" if str(exc) else "interrupted"
