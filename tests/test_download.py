@@ -318,3 +318,14 @@ def test_cli_download_shows_progress_on_stderr_and_prints_the_path(
         timeout=60,
     )
     assert out.returncode == 1 and "not_found" in out.stderr and out.stdout == ""
+
+
+def test_model_status_sees_a_checkpoint_copied_by_hand(tiny_model: Path, tmp_path: Path) -> None:
+    from vibevoice_rpc.download import ModelStatusParams, model_status
+
+    st = model_status(ModelStatusParams(target_dir=str(tiny_model)), None, offline=True)
+    assert st.present is True and st.source == "directory" and st.path == str(tiny_model)
+    assert st.bytes_on_disk == _total(tiny_model) and st.missing == []
+    st = model_status(ModelStatusParams(target_dir=str(tmp_path / "none")), None, offline=True)
+    assert st.present is False and st.path is None and st.free_bytes > 0
+    assert st.target_dir == str(tmp_path / "none")
