@@ -597,8 +597,12 @@ def download_model(
         )
     started = time.monotonic()
     job.report("downloading", 0.0, f"listing the files of {model_id}@{revision}")
-    listing = fetch_listing(model_id, revision)
-    job.check_cancelled()
+    listing = _cancellable(lambda: fetch_listing(model_id, revision), job)
+    # A file of an earlier download that changed upstream (same size, new hash) is fetched again.
+    old = _read_manifest(target)
+    old_keys = {}
+    if old and old.get("model_id") == model_id:
+        old_keys = {f["name"]: RemoteFile(**f).key for f in old.get("files", [])}
     try:
         _state(target).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -606,7 +610,11 @@ def download_model(
     _write_manifest(target, listing, complete=False)
     _cleanup_orphans(target, listing)
 
-    todo = [f for f in listing.files if _size(target / f.name) != f.size]
+    todo = [
+        f
+        for f in listing.files
+        if _size(target / f.name) != f.size or old_keys.get(f.name, f.key) != f.key
+    ]
     done_bytes = listing.total - sum(f.size for f in todo)
     have = sum(min(f.size, _size(_part(target, f)) or 0) for f in todo)
     need = listing.total - done_bytes - have
@@ -651,6 +659,27 @@ def download_model(
             else "already complete"
         ),
     )
+
+
+def _cancellable(fn: Callable[[], Listing], job: Job) -> Listing:
+    """Run ``fn`` (a hub request) on a helper thread, so a cancel answers within ~0.1 s even while
+    the hub is slow to answer (the request itself is abandoned, bounded by its timeout)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="vibevoice-dl-listing", daemon=True)
+    t.start()
+    while t.is_alive():
+        if job.cancel_event.wait(0.05):
+            raise job.cancelled_error()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _report(job: Job, p: _Progress) -> None:
