@@ -58,9 +58,18 @@ def _bytes_at_least(rid: str, n: int):
 
 def throughput(files: dict[str, bytes]) -> None:
     total = sum(map(len, files.values()))
-    ours, theirs = [], []
+    ours, theirs, ceiling = [], [], []
     for _ in range(3):
-        with FakeHub({REPO: files}) as hub, tempfile.TemporaryDirectory() as home:
+        with FakeHub({REPO: files}, chunk=2**20) as hub, tempfile.TemporaryDirectory() as home:
+            code = (
+                "import sys,time,httpx2;t=time.monotonic();n=0\n"
+                "with httpx2.stream('GET',sys.argv[1]) as r:\n"
+                " for c in r.iter_raw(2**20): n+=len(c)\n"
+                "print(n/(time.monotonic()-t))"
+            )
+            url = f"{hub.url}/{REPO}/resolve/main/{SHARD}"
+            out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True)
+            ceiling.append(float(out.stdout.split()[-1]))
             with RpcProcess(env=_env(hub, home)) as p:
                 res = p.call("download_model", timeout=600)["result"]
                 ours.append(total / res["seconds"])
@@ -79,7 +88,8 @@ def throughput(files: dict[str, bytes]) -> None:
     print(
         f"throughput, {total / 2**20:.0f} MiB: download_model median {statistics.median(ours) / 1e6:.0f} MB/s "
         f"({', '.join(f'{x / 1e6:.0f}' for x in ours)}); huggingface_hub snapshot_download "
-        f"{statistics.median(theirs) / 1e6:.0f} MB/s ({', '.join(f'{x / 1e6:.0f}' for x in theirs)})"
+        f"{statistics.median(theirs) / 1e6:.0f} MB/s ({', '.join(f'{x / 1e6:.0f}' for x in theirs)}); "
+        f"the stand-in's ceiling (one raw GET to nowhere) {statistics.median(ceiling) / 1e6:.0f} MB/s"
     )
 
 
