@@ -44,6 +44,7 @@ class FakeHub:
     truncate_once: dict[str, int] = field(default_factory=dict)  # file -> end the body after N
     corrupt: set[str] = field(default_factory=set)  # files served with one byte flipped
     rate: float | None = None  # bytes per second per response (benchmarks)
+    info_gate: threading.Event | None = None  # model info waits for this event when set
     chunk: int = 64 * 1024
 
     def __post_init__(self) -> None:
@@ -189,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         return out
 
     def _info(self, repo: str, rev: str) -> None:
+        if self.hub.info_gate is not None:
+            self.hub.info_gate.wait(120)
         files = self._repo(repo, rev)
         if files is None:
             return

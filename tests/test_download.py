@@ -329,3 +329,30 @@ def test_model_status_sees_a_checkpoint_copied_by_hand(tiny_model: Path, tmp_pat
     st = model_status(ModelStatusParams(target_dir=str(tmp_path / "none")), None, offline=True)
     assert st.present is False and st.path is None and st.free_bytes > 0
     assert st.target_dir == str(tmp_path / "none")
+
+
+def test_cancel_while_the_hub_is_slow_to_list_answers_at_once(hub: FakeHub, tmp_path: Path) -> None:
+    import threading
+
+    hub.info_gate = threading.Event()  # the model-info request hangs
+    with RpcProcess(env=_env(hub, tmp_path)) as p:
+        rid = p.request("download_model")
+        p.wait_for(lambda m: m.get("method") == "progress" and m["params"]["id"] == rid)
+        assert p.call("cancel", {"id": rid})["result"] == {"cancelled": True}
+        assert p.response(rid, timeout=10)["error"]["code"] == -32800
+        hub.info_gate.set()
+        assert p.call("health")["result"]["status"] == "ok"
+
+
+def test_a_file_changed_upstream_is_fetched_again(
+    hub: FakeHub, tmp_path: Path, tiny_model: Path
+) -> None:
+    target = tmp_path / "model"
+    with RpcProcess(env=_env(hub, tmp_path)) as p:
+        assert p.call("download_model", {"target_dir": str(target)}, timeout=120)["result"]
+        files = hub.repos[REPO_ID]
+        old = files["tiny_model.json"]
+        files["tiny_model.json"] = bytes(reversed(old))  # same size, new content
+        res = p.call("download_model", {"target_dir": str(target)}, timeout=120)["result"]
+        assert res["bytes_downloaded"] == len(old)
+        assert (target / "tiny_model.json").read_bytes() == bytes(reversed(old))

@@ -421,8 +421,8 @@ def model_status(
         remaining = listing.total - done - partial
         return ModelStatusResult(
             present=present,
-            path=str(target),
-            source="directory",
+            path=str(target) if present else None,
+            source="directory" if present else None,
             model_id=model_id,
             revision=listing.revision,
             commit=listing.commit,
@@ -534,35 +534,42 @@ class _Progress:
     files: int = 0
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # The download thread adds bytes, its cancel watcher ticks, model_status reads: one lock.
     def add(self, n: int, now: float) -> None:
-        self.done += n
-        self.fetched += n
-        self.samples.append((now, self.fetched))
-        while len(self.samples) > 2 and now - self.samples[0][0] > _SPEED_WINDOW:
-            self.samples.popleft()
+        with self.lock:
+            self.done += n
+            self.fetched += n
+            self.samples.append((now, self.fetched))
+            while len(self.samples) > 2 and now - self.samples[0][0] > _SPEED_WINDOW:
+                self.samples.popleft()
+
+    def drop(self, n: int) -> None:
+        """Bytes counted as done that are gone (a corrupt or restarted file)."""
+        with self.lock:
+            self.done -= n
 
     def tick(self, now: float) -> None:
         """A sample with no new bytes: the speed decays while the transfer stalls."""
         self.add(0, now)
 
-    def speed(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
-
     def snapshot(self) -> dict[str, Any]:
-        speed = self.speed()
-        left = self.total - self.done
-        return {
-            "bytes_done": self.done,
-            "bytes_total": self.total,
-            "file": self.file,
-            "file_index": self.file_index,
-            "files": self.files,
-            "speed_bps": round(speed),
-            "eta_s": round(left / speed, 1) if speed > 0 else None,
-        }
+        with self.lock:
+            speed = 0.0
+            if len(self.samples) >= 2:
+                (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+                speed = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+            left = self.total - self.done
+            return {
+                "bytes_done": self.done,
+                "bytes_total": self.total,
+                "file": self.file,
+                "file_index": self.file_index,
+                "files": self.files,
+                "speed_bps": round(speed),
+                "eta_s": round(left / speed, 1) if speed > 0 else None,
+            }
 
 
 # --- downloading ----------------------------------------------------------------------------
@@ -727,7 +734,7 @@ def _fetch(
     have = _size(part) or 0
     if have > f.size:  # not ours to resume
         part.unlink()
-        p.done -= have - f.size
+        p.drop(have - f.size)
         have = 0
     h = _hasher(f)
     _hash_existing(h, part, have)
@@ -754,7 +761,7 @@ def _fetch(
                 hf_raise_for_status(response)
                 if have and response.status_code == 200:  # the server ignored Range: start over
                     log.info("%s: the server ignored Range; fetching it from the start", f.name)
-                    p.done -= have
+                    p.drop(have)
                     have = 0
                     h = _hasher(f)
                     part.write_bytes(b"")
@@ -791,7 +798,7 @@ def _fetch(
         expected = f.sha256 or f.blob_id
         if digest != expected:
             part.unlink(missing_ok=True)
-            p.done -= f.size
+            p.drop(f.size)
             raise DownloadFailed(
                 f"{f.name} is corrupt: its hash is {digest}, the hub lists {expected} "
                 "(the partial file was removed; the next download fetches it again)",
