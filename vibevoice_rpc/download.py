@@ -945,6 +945,17 @@ def register(methods: dict[str, Any], method: Callable[..., Any], engine: Any) -
 
     methods["model_status"] = method(ModelStatusParams, status, False)
     methods["download_model"] = method(DownloadParams, download, True)
+    # model_status is answered on the reader thread: import huggingface_hub (~0.2 s, once) in the
+    # background now (after ready), not in the first model_status.
+    threading.Thread(target=_preimport, name="vibevoice-hub-import", daemon=True).start()
+
+
+def _preimport() -> None:
+    try:
+        import huggingface_hub  # noqa: F401
+        from huggingface_hub import constants, snapshot_download  # noqa: F401
+    except Exception:  # model_status reports the failure itself when it runs
+        log.debug("importing huggingface_hub failed", exc_info=True)
 
 
 def _quiet_hub() -> None:
