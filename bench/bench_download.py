@@ -150,11 +150,31 @@ def resume_after_kill(files: dict[str, bytes]) -> None:
         )
 
 
+def status_latency(n: int = 20) -> None:
+    """``model_status`` round trips with no model: the first one right after ``health`` (torch
+    imported), then ``n`` more."""
+    with tempfile.TemporaryDirectory() as home:
+        env = server_env(HF_HOME=home)
+        with RpcProcess(env=env) as p:
+            p.call("health", timeout=60)
+            lat = []
+            for _ in range(n + 1):
+                t0 = time.monotonic()
+                assert p.call("model_status", timeout=30)["result"]["present"] is False
+                lat.append(time.monotonic() - t0)
+    rest = sorted(lat[1:])
+    print(
+        f"model_status, no model: first {lat[0] * 1000:.1f} ms, then median "
+        f"{statistics.median(rest) * 1000:.2f} ms, max {rest[-1] * 1000:.2f} ms (n={n})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=512)
     ap.add_argument("--cancels", type=int, default=7)
     args = ap.parse_args()
+    status_latency()
     files = _files(args.mib)
     throughput(files)
     cancel_latency(files, args.cancels, stalled=False)
