@@ -131,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(t, sub=True)
     s = sub.add_parser("selftest", help="run the whole pipeline once and report each stage")
     _add_model_options(s, sub=True)
+    d = sub.add_parser("download", help="download the model (resumable), print its folder")
+    d.add_argument("--model-id", help="hub id (default microsoft/VibeVoice-ASR-HF)")
+    d.add_argument("--revision", help="branch, tag or commit (default main)")
+    d.add_argument("--dir", help="target folder (default VIBEVOICE_MODEL_PATH or HF_HOME/...)")
+    d.add_argument(
+        "--log-level",
+        help="DEBUG, INFO, WARNING, ERROR (VIBEVOICE_LOG_LEVEL)",
+        default=argparse.SUPPRESS,
+    )
     return parser
 
 
@@ -169,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         from .humans import run_transcribe
 
         return run_transcribe(config, args, proto_fd)
+    if command == "download":
+        from .download import run_cli
+
+        return run_cli(config, args, proto_fd)
     if command == "selftest":
         from .humans import run_selftest
 

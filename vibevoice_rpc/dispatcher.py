@@ -170,6 +170,7 @@ class Job:
         self.message = ""
         self._last_emit = 0.0
         self._pending = False
+        self._download: Any = msgspec.UNSET
         self._lock = threading.Lock()
 
     @property
@@ -194,12 +195,17 @@ class Job:
         if self.cancel_event.is_set():
             raise self.cancelled_error()
 
-    def report(self, stage: str, progress: float, message: str = "") -> None:
+    def report(
+        self, stage: str, progress: float, message: str = "", *, download: Any = None
+    ) -> None:
         """Record progress. A new stage and a stage's completion (1.0) are sent at once; within a
-        stage at most every 0.1 s otherwise, and progress never goes backwards within a stage."""
+        stage at most every 0.1 s otherwise, and progress never goes backwards within a stage.
+        ``download``: the byte counts of a ``downloading`` stage, sent along."""
         now = time.monotonic()
         progress = min(1.0, max(0.0, float(progress)))
         with self._lock:
+            if download is not None:
+                self._download = download
             if stage != self.stage:
                 if self._pending:  # the old stage's last rate-limited value, before the new stage
                     self._emit_locked(now)
@@ -243,6 +249,7 @@ class Job:
                     stage=self.stage,
                     progress=round(self.progress_value, 4),
                     message=self.message,
+                    download=self._download,
                 ),
             )
 
@@ -289,6 +296,9 @@ class Dispatcher:
             "reload_model": _Method(ReloadParams, self.engine.reload, True),
             "unload_model": _Method(EmptyParams, lambda _p, job: self.engine.unload(job), True),
         }
+        from .download import register
+
+        register(self._methods, _Method, self.engine)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -435,6 +445,8 @@ class Dispatcher:
                 running = self._running
                 if running is not None and running.method == "preload" and not self._queue:
                     job.report("loading_model", 0.0, "waiting for the model to load")
+                elif running is not None and running.method == "download_model":
+                    job.report("queued", 0.0, "waiting for the model download to finish")
                 else:
                     position = len(self._queue) + 1 + (1 if running is not None else 0)
                     job.report("queued", 0.0, f"queued at position {position}")

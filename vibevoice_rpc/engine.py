@@ -216,6 +216,18 @@ class Engine:
             "plan": loaded.plan if loaded else None,
         }
 
+    # --- the checkpoint's folder (download_model) ---------------------------------------------
+
+    @property
+    def model_path(self) -> str | None:
+        """The configured checkpoint folder (None: the default download folder or the HF cache)."""
+        return self._model_path
+
+    def use_model_path(self, path: str) -> None:
+        """Load from ``path`` from now on (after ``download_model``); a loaded model keeps serving
+        until the next load."""
+        self._model_path = path
+
     # --- loading ----------------------------------------------------------------------------
 
     def preload(self, job: Job) -> None:

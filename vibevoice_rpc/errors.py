@@ -26,6 +26,7 @@ __all__ = [
     "ServerBusy",
     "ShuttingDown",
     "RequestTooLarge",
+    "DownloadFailed",
     "ERROR_TABLE",
 ]
 
@@ -169,6 +170,14 @@ class RemoteError(RpcError):
     default_kind = "remote_error"
 
 
+class DownloadFailed(RpcError):
+    """``download_model`` failed: offline, unauthorized, not_found, disk_full, corrupt, network,
+    write_failed. Whatever was fetched is kept, so the next call resumes."""
+
+    code = -32011
+    default_kind = "network"
+
+
 ERROR_TABLE: tuple[type[RpcError], ...] = (
     ParseError,
     InvalidRequest,
@@ -186,4 +195,5 @@ ERROR_TABLE: tuple[type[RpcError], ...] = (
     ShuttingDown,
     RequestTooLarge,
     RemoteError,
+    DownloadFailed,
 )

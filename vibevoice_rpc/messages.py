@@ -197,6 +197,8 @@ class ProgressParams(msgspec.Struct):
     stage: str
     progress: float
     message: str
+    # stage "downloading" only: bytes_done, bytes_total, file, file_index, files, speed_bps, eta_s
+    download: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class SegmentParams(msgspec.Struct):

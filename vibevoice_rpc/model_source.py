@@ -1,6 +1,8 @@
-"""Where the model comes from: a local checkpoint, a download cache, or the Hugging Face hub.
+"""Where the model comes from: a local checkpoint, ``download_model``'s folder, or the HF cache.
 
-Only safetensors weights are accepted and ``trust_remote_code`` is never used.
+Only safetensors weights are accepted and ``trust_remote_code`` is never used. Nothing is downloaded
+here: a missing model is a ``-32004`` whose hint names ``download_model`` (a 17 GB download does not
+start silently inside a ``transcribe``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ __all__ = ["resolve_model_dir", "FETCH_HINT"]
 log = logging.getLogger(__name__)
 
 FETCH_HINT = (
-    f"download it ahead of time with `hf download {DEFAULT_MODEL_ID} --local-dir <DIR>` "
-    "(pip install huggingface_hub) and set VIBEVOICE_MODEL_PATH=<DIR>"
+    "download it with the download_model method (or `vibevoice-rpc download [--dir DIR]`), or "
+    f"`hf download {DEFAULT_MODEL_ID} --local-dir <DIR>` and set VIBEVOICE_MODEL_PATH=<DIR>"
 )
 _PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 
@@ -51,12 +53,15 @@ def _check_checkpoint(path: Path) -> Path:
     return path
 
 
-def resolve_model_dir(model_path: str | None, *, offline: bool = False) -> Path:
-    """Return a local checkpoint directory (with ``config.json``), downloading only if allowed.
+def resolve_model_dir(
+    model_path: str | None, *, offline: bool = False, model_id: str = DEFAULT_MODEL_ID
+) -> Path:
+    """Return a local checkpoint directory (with ``config.json``); never downloads.
 
-    ``model_path`` may be a checkpoint directory, or a cache directory for hub downloads. Without it,
-    the standard Hugging Face cache is used (``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are
-    honoured). ``offline`` (``VIBEVOICE_OFFLINE=1``) forbids any download.
+    ``model_path`` may be a checkpoint directory, or a Hugging Face cache directory. Without it,
+    ``download_model``'s default folder (``<HF_HOME>/vibevoice-rpc/<org>--<name>``) and then the
+    standard Hugging Face cache are used (``HF_HOME``/``HF_HUB_CACHE`` are honoured). ``offline``
+    only changes the message: nothing is fetched either way.
     """
     cache_dir: Path | None = None
     if model_path:
@@ -82,21 +87,29 @@ def resolve_model_dir(model_path: str | None, *, offline: bool = False) -> Path:
                 path=str(path),
             )
         cache_dir = path  # a directory without config.json: treat it as a download cache
+    else:
+        from .download import default_download_dir
+
+        own = default_download_dir(model_id)
+        if (own / "config.json").is_file():
+            return _check_checkpoint(own)
     from huggingface_hub import constants, snapshot_download
 
     offline = offline or constants.HF_HUB_OFFLINE or env_flag(os.environ.get("HF_HUB_OFFLINE"))
     where = str(cache_dir or constants.HF_HUB_CACHE)
+    if cache_dir is None:
+        where = f"{default_download_dir(model_id)} and {where}"
     try:
         local = snapshot_download(
-            DEFAULT_MODEL_ID,
+            model_id,
             cache_dir=cache_dir,
-            local_files_only=offline,
+            local_files_only=True,  # a download is download_model's job, with progress and cancel
             allow_patterns=_PATTERNS,
         )
-    except Exception as exc:
-        mode = "offline, so nothing was downloaded" if offline else f"download failed: {exc}"
+    except Exception:
+        mode = "offline mode" if offline else "not downloaded yet"
         raise ModelUnavailable(
-            f"Model {DEFAULT_MODEL_ID} not found: looked in {where} ({mode})",
+            f"Model {model_id} not found: looked in {where} ({mode})",
             kind="model_not_found",
             hint=FETCH_HINT,
             looked_in=where,
@@ -105,7 +118,7 @@ def resolve_model_dir(model_path: str | None, *, offline: bool = False) -> Path:
     path = Path(str(local))
     if not (path / "config.json").is_file():
         raise ModelUnavailable(
-            f"Model {DEFAULT_MODEL_ID} in {path} has no config.json",
+            f"Model {model_id} in {path} has no config.json",
             kind="model_not_found",
             hint=FETCH_HINT,
             looked_in=where,
