@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from .logsink import LOG_DATEFMT, LOG_FORMAT
 from .messages import PRECISIONS
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_ID = "microsoft/VibeVoice-ASR-HF"
-LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
 def env_flag(value: str | None) -> bool:

@@ -38,9 +38,10 @@ import msgspec
 
 from .config import DEFAULT_MODEL_ID
 from .errors import DownloadFailed, InvalidParams, RequestCancelled
+from .model_source import default_download_dir
 
 if TYPE_CHECKING:
-    from .dispatcher import Job
+    from .job import Job
 
 __all__ = [
     "CHECKPOINT_PATTERNS",
@@ -120,18 +121,6 @@ class ModelStatusResult(msgspec.Struct):
 
 
 # --- where ----------------------------------------------------------------------------------
-
-
-def _hf_home() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HOME)
-
-
-def default_download_dir(model_id: str = DEFAULT_MODEL_ID) -> Path:
-    """Where a download goes without a ``target_dir`` or ``VIBEVOICE_MODEL_PATH``; ``model_source``
-    looks here too."""
-    return _hf_home() / "vibevoice-rpc" / model_id.replace("/", "--")
 
 
 def _target(target_dir: str | None, configured: str | None, model_id: str) -> Path:
@@ -1019,8 +1008,8 @@ def run_cli(config: Any, args: Any, proto_fd: int) -> int:
     path on stdout, progress on stderr; Ctrl-C stops and keeps what was fetched."""
     import sys
 
-    from .dispatcher import Job
     from .errors import RpcError
+    from .job import Job
 
     _quiet_hub()
     params = DownloadParams(model_id=args.model_id, revision=args.revision, target_dir=args.dir)

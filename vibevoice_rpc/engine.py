@@ -25,7 +25,7 @@ from .gpu import GpuProbe, cap_process_memory, torch_import_error
 from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeResult
 
 if TYPE_CHECKING:
-    from .dispatcher import Job
+    from .job import Job
 
 __all__ = ["Engine"]
 

@@ -22,9 +22,9 @@ from typing import Any, TextIO
 import msgspec
 
 from .config import Config
-from .dispatcher import Job
 from .errors import ModelUnavailable, RpcError
 from .formats import render
+from .job import Job
 from .messages import ProgressParams, SegmentParams, TranscribeParams, TranscribeResult
 from .winapi import IS_WINDOWS, kernel32
 

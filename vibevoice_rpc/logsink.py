@@ -137,7 +137,7 @@ class StderrSink:
             (count, self.dropped),
             None,
         )
-        line = logging.Formatter(_format(), _DATEFMT).format(record) + "\n"
+        line = logging.Formatter(LOG_FORMAT, LOG_DATEFMT).format(record) + "\n"
         view = memoryview(line.encode("utf-8", "backslashreplace"))
         if self._poll:
             view = self._write_ready_locked(view)
@@ -284,13 +284,9 @@ class _SinkBuffer(io.RawIOBase):
         return len(data)
 
 
-_DATEFMT = "%Y-%m-%d %H:%M:%S"
-
-
-def _format() -> str:
-    from .config import LOG_FORMAT
-
-    return LOG_FORMAT
+# The app parses every stderr line in this shape (config.setup_logging uses it too).
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 
 
 class _Pump:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import DEFAULT_MODEL_ID, env_flag
 from .errors import ModelUnavailable
 
-__all__ = ["resolve_model_dir", "FETCH_HINT"]
+__all__ = ["resolve_model_dir", "default_download_dir", "FETCH_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,18 @@ FETCH_HINT = (
     f"`hf download {DEFAULT_MODEL_ID} --local-dir <DIR>` and set VIBEVOICE_MODEL_PATH=<DIR>"
 )
 _PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
+def _hf_home() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME)
+
+
+def default_download_dir(model_id: str = DEFAULT_MODEL_ID) -> Path:
+    """Where ``download_model`` writes without a ``target_dir`` or ``VIBEVOICE_MODEL_PATH``, and
+    where the server looks for a checkpoint before the Hugging Face cache."""
+    return _hf_home() / "vibevoice-rpc" / model_id.replace("/", "--")
 
 
 def _check_checkpoint(path: Path) -> Path:
@@ -88,8 +100,6 @@ def resolve_model_dir(
             )
         cache_dir = path  # a directory without config.json: treat it as a download cache
     else:
-        from .download import default_download_dir
-
         own = default_download_dir(model_id)
         if (own / "config.json").is_file():
             return _check_checkpoint(own)

@@ -13,7 +13,7 @@ from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_win
 
 if TYPE_CHECKING:
     from .audio import DecodedAudio
-    from .dispatcher import Job
+    from .job import Job
     from .stream import Runner
 
 __all__ = ["transcribe_audio"]

@@ -1,0 +1,66 @@
+"""The package's layers point one way (docs/ARCHITECTURE.md): no import circles, and nothing on the
+engine side (the model, the pipeline, the runners, audio) imports the protocol side."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vibevoice_rpc"
+PROTOCOL = {"dispatcher", "jsonrpc", "transport", "server", "cli", "humans", "__main__"}
+ENGINE_SIDE = {
+    "engine",
+    "loader",
+    "planner",
+    "model_source",
+    "download",
+    "gpu",
+    "tiny",
+    "transcribe",
+    "windows",
+    "stream",
+    "prompt",
+    "transcript",
+    "generation",
+    "remote",
+    "audio",
+    "job",
+}
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module → the package modules it imports (at any depth: lazy imports count too)."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(alias.name for alias in node.names)
+        graph[name] = deps & modules
+    return graph
+
+
+def test_no_import_circles() -> None:
+    graph = _graph()
+    circles = []
+    for start in graph:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif dep not in path:
+                    stack.append((dep, [*path, dep]))
+    assert circles == []
+
+
+def test_the_engine_side_never_imports_the_protocol_side() -> None:
+    graph = _graph()
+    assert ENGINE_SIDE <= set(graph), ENGINE_SIDE - set(graph)
+    crossing = {m: sorted(graph[m] & PROTOCOL) for m in ENGINE_SIDE if graph[m] & PROTOCOL}
+    assert crossing == {}
