@@ -275,3 +275,15 @@ def test_requests_written_with_shutdown_are_answered_shutting_down():
         assert batch[0][0]["error"]["code"] == -32008
         answered = [m.get("id") for m in p.messages if isinstance(m, dict) and "id" in m]
         assert sorted(answered) == [1, 2, 3]  # exactly one answer each
+
+
+@pytest.mark.model
+@pytest.mark.timeout(240)
+def test_the_tiny_model_by_name_lets_a_person_drive_the_whole_protocol(speech_clip):
+    env = server_env(VIBEVOICE_MODEL_PATH="tiny", VIBEVOICE_PRECISION="fp32")
+    with RpcProcess(env=env) as p:
+        rid = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 8})
+        res = p.response(rid, timeout=200)["result"]
+        assert res["status"] == "success" and res["metadata"]["generated_tokens"] == 8
+        assert "vibevoice-rpc-tiny-" in res["metadata"]["model"]
+        assert "its words are noise" in p.stderr

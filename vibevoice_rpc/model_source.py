@@ -18,6 +18,8 @@ __all__ = ["resolve_model_dir", "default_download_dir", "FETCH_HINT"]
 
 log = logging.getLogger(__name__)
 
+TINY = "tiny"  # VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model, for trying the protocol
+
 FETCH_HINT = (
     "download it with the download_model method (or `vibevoice-rpc download [--dir DIR]`), or "
     f"`hf download {DEFAULT_MODEL_ID} --local-dir <DIR>` and set VIBEVOICE_MODEL_PATH=<DIR>"
@@ -74,8 +76,22 @@ def resolve_model_dir(
     ``download_model``'s default folder (``<HF_HOME>/vibevoice-rpc/<org>--<name>``) and then the
     standard Hugging Face cache are used (``HF_HOME``/``HF_HUB_CACHE`` are honoured). ``offline``
     only changes the message: nothing is fetched either way.
+
+    ``model_path`` ``"tiny"`` is the tiny random-weight model of the same architecture, built
+    offline on first use (:func:`vibevoice_rpc.tiny.tiny_model_dir`): the whole protocol can be
+    driven by hand without the 17 GB checkpoint — its transcripts are noise.
     """
     cache_dir: Path | None = None
+    if model_path and model_path.strip().lower() == TINY:
+        from .tiny import tiny_model_dir
+
+        folder = tiny_model_dir()
+        log.warning(
+            "VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model at %s (for trying the "
+            "protocol; its words are noise, not a transcript)",
+            folder,
+        )
+        return folder
     if model_path:
         path = Path(os.path.expanduser(model_path)).resolve()
         if (path / "config.json").is_file():
