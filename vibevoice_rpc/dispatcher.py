@@ -134,9 +134,16 @@ class _Batch:
 
 @dataclass(frozen=True)
 class _Method:
+    """A method and what the dispatcher must know of it; nothing else names methods."""
+
     params: type
     handler: Callable[..., Any]
-    queued: bool
+    queued: bool  # model work, run by the worker in order; else answered on the reader thread
+    needs_model: bool = False  # queued behind a model load or download, it says what it waits for
+    result_matters: bool = False  # as a notification its work would be lost: ignored, with a log
+    # While a job of this method runs, what a needs_model job queued right behind it waits for
+    # (its stage and message).
+    waiting: tuple[str, str] | None = None
 
 
 class Dispatcher:
@@ -170,13 +177,28 @@ class Dispatcher:
             "cancel": _Method(CancelParams, self._cancel, False),
             "$/cancelRequest": _Method(CancelParams, self._cancel, False),
             "shutdown": _Method(EmptyParams, self._shutdown, False),
-            "transcribe": _Method(TranscribeParams, self.engine.transcribe, True),
+            "transcribe": _Method(
+                TranscribeParams,
+                self.engine.transcribe,
+                True,
+                needs_model=True,
+                result_matters=True,
+            ),
             "reload_model": _Method(ReloadParams, self.engine.reload, True),
             "unload_model": _Method(EmptyParams, lambda _p, job: self.engine.unload(job), True),
         }
         from .download import register
 
         register(self._methods, _Method, self.engine)
+        # Work the server queues itself (not callable by clients).
+        self._internal: dict[str, _Method] = {
+            "preload": _Method(
+                EmptyParams,
+                lambda _p, job: self.engine.preload(job),
+                True,
+                waiting=("loading_model", "waiting for the model to load"),
+            ),
+        }
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -300,9 +322,15 @@ class Dispatcher:
             log.exception("internal error in %s", request.method)
             reply.error(InternalError(f"Internal error: {type(exc).__name__}: {exc}"))
 
+    def _method_of(self, job: Job) -> _Method:
+        return self._methods.get(job.method) or self._internal[job.method]
+
     def _enqueue(self, request: Request, params: Any, reply: Reply) -> None:
-        if reply._sink is None and request.method == "transcribe":
-            log.warning("ignored 'transcribe' sent as a notification: its result would be lost")
+        method = self._methods[request.method]
+        if reply._sink is None and method.result_matters:
+            log.warning(
+                "ignored %r sent as a notification: its result would be lost", request.method
+            )
             return
         if self.stopping.is_set():
             raise ShuttingDown("The server is shutting down", reason=self.stop_reason)
@@ -319,12 +347,11 @@ class Dispatcher:
             if reply._sink is not None:
                 self._refuse_pending_id(reply.id)  # again, atomically with the insert
                 self._inflight[_id_key(reply.id)] = job
-            if request.method == "transcribe":  # sent before the worker can report a later stage
+            if method.needs_model:  # sent before the worker can report a later stage
                 running = self._running
-                if running is not None and running.method == "preload" and not self._queue:
-                    job.report("loading_model", 0.0, "waiting for the model to load")
-                elif running is not None and running.method == "download_model":
-                    job.report("queued", 0.0, "waiting for the model download to finish")
+                waiting = self._method_of(running).waiting if running is not None else None
+                if waiting is not None and not self._queue:
+                    job.report(waiting[0], 0.0, waiting[1])
                 else:
                     position = len(self._queue) + 1 + (1 if running is not None else 0)
                     job.report("queued", 0.0, f"queued at position {position}")
@@ -417,10 +444,7 @@ class Dispatcher:
         error: RpcError | None = None
         try:
             job.check_cancelled()
-            if job.method == "preload":
-                self.engine.preload(job)
-                return
-            result = self._methods[job.method].handler(job.params, job)
+            result = self._method_of(job).handler(job.params, job)
         except RpcError as err:
             error = err
         except MemoryError:
@@ -432,8 +456,7 @@ class Dispatcher:
             log.exception("%s failed", job.method)
             error = InternalError(f"Internal error: {type(exc).__name__}: {exc}")
         finally:
-            if job.method != "preload":
-                self._finish(job, result=result, error=error)
+            self._finish(job, result=result, error=error)  # nothing to answer for internal work
 
     def _finish(self, job: Job, *, result: Any = None, error: RpcError | None = None) -> None:
         with self._cv:

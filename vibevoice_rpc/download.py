@@ -933,7 +933,13 @@ def register(methods: dict[str, Any], method: Callable[..., Any], engine: Any) -
         return result
 
     methods["model_status"] = method(ModelStatusParams, status, False)
-    methods["download_model"] = method(DownloadParams, download, True)
+    methods["download_model"] = method(
+        DownloadParams,
+        download,
+        True,
+        result_matters=True,
+        waiting=("queued", "waiting for the model download to finish"),
+    )
     # model_status is answered on the reader thread: import huggingface_hub (~0.2 s, once) in the
     # background now (after ready), not in the first model_status.
     threading.Thread(target=_preimport, name="vibevoice-hub-import", daemon=True).start()
