@@ -376,7 +376,10 @@ def flush_at_exit(timeout: float = 0.3) -> None:
     """Best effort before ``os._exit``: pass on buffered output, then write it within ``timeout``."""
     sink = _current
     streams = [sys.stdout, sys.stderr]
-    if _pump is not None:  # the original text streams write into the private pipe: safe to flush
+    # The original text streams: safe to flush when they write into the private pipe, and
+    # flushed as before when no sink is installed (the CLI, tests): the process is ending, and
+    # TerminateProcess/os._exit would drop what they buffer.
+    if _pump is not None or sink is None:
         streams += [sys.__stdout__, sys.__stderr__]
     for stream in streams:
         try:
