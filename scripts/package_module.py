@@ -63,7 +63,10 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: no build tim
 # "file"), so the app's install check catches a truncated unpack. Each: id, and globs relative to
 # the onedir folder tried in order (Windows, Linux, macOS names); the first match is taken.
 REQUIRED_ASSETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("python_runtime", ("_internal/python3*.dll", "_internal/libpython3*.so*", "_internal/Python")),
+    (
+        "python_runtime",
+        ("_internal/python3[0-9]*.dll", "_internal/libpython3*.so*", "_internal/Python"),
+    ),
     ("python_stdlib", ("_internal/base_library.zip",)),
     (
         "torch_core",

@@ -194,6 +194,30 @@ def test_the_zip_is_reproducible(dist: Path, tmp_path: Path) -> None:
     assert build(dist, tmp_path / "b").entry["sha256"] == first
 
 
+def test_a_windows_bundle_gives_the_exe_entrypoint_and_the_windows_assets(tmp_path: Path) -> None:
+    dist = tmp_path / "vibevoice-rpc"
+    for rel in (
+        "vibevoice-rpc.exe",
+        "_internal/python3.dll",  # the stable-ABI shim: not the runtime
+        "_internal/python311.dll",
+        "_internal/base_library.zip",
+        "_internal/torch/lib/torch_cpu.dll",
+        "_internal/vibevoice_rpc/data/two_speakers.opus",
+    ):
+        (dist / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dist / rel).write_bytes(b"MZ")
+    pkg = build(dist, tmp_path / "out")
+    assert pkg.manifest["entrypoint"] == "bin/vibevoice-rpc.exe"
+    assert {a["id"]: a["path"] for a in pkg.manifest["required_assets"]} == {
+        "python_runtime": "bin/_internal/python311.dll",
+        "python_stdlib": "bin/_internal/base_library.zip",
+        "torch_core": "bin/_internal/torch/lib/torch_cpu.dll",
+        "speech_clip": "bin/_internal/vibevoice_rpc/data/two_speakers.opus",
+    }
+    with zipfile.ZipFile(pkg.zip_path) as zf:  # the entrypoint is 0755 wherever it was zipped
+        assert zf.getinfo("bin/vibevoice-rpc.exe").external_attr >> 16 == stat.S_IFREG | 0o755
+
+
 def test_an_incomplete_bundle_is_refused(dist: Path, tmp_path: Path) -> None:
     (dist / "_internal" / "torch" / "lib" / "libtorch_cpu.so").unlink()
     with pytest.raises(pm.PackageError, match="not a complete bundle.*torch_core"):
