@@ -237,6 +237,8 @@ def package(
     dist = dist.resolve()
     if not dist.is_dir():
         raise PackageError(f"{dist} is not a directory: build the onedir bundle first")
+    if out.resolve() == dist or dist in out.resolve().parents:
+        raise PackageError(f"--out {out} is inside the bundle {dist}: the zip would contain itself")
     version = version or project_version()
     exe = find_entrypoint(dist)
     entrypoint = zip_name(dist, exe)

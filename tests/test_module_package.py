@@ -227,6 +227,11 @@ def test_an_incomplete_bundle_is_refused(dist: Path, tmp_path: Path) -> None:
         build(dist, tmp_path / "out")
 
 
+def test_an_output_folder_inside_the_bundle_is_refused(dist: Path) -> None:
+    with pytest.raises(pm.PackageError, match="inside the bundle"):
+        build(dist, dist / "_internal" / "module")
+
+
 def test_a_symlink_out_of_the_bundle_is_refused(dist: Path, tmp_path: Path) -> None:
     os.symlink("/etc/hostname", dist / "_internal" / "escape")
     with pytest.raises(pm.PackageError, match="links outside the bundle"):
