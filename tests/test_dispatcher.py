@@ -188,6 +188,9 @@ def test_invalid_params_names_the_field(setup):
     assert "audio_path" in errs[1]["message"] and errs[1]["data"]["field"] == "audio_path"
     assert "audio_path" in errs[2]["message"] and errs[2]["data"]["field"] == "audio_path"
     assert "precision" in errs[3]["message"]
+    # an invalid choice lists the valid ones
+    assert "expected one of: fp16, bf16, int8, nf4, fp32, auto" in errs[3]["message"]
+    assert errs[3]["data"]["allowed"] == ["fp16", "bf16", "int8", "nf4", "fp32", "auto"]
     assert "object" in errs[4]["message"]
     assert "max_new_tokens" in errs[5]["message"]
 

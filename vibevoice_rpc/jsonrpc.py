@@ -11,6 +11,7 @@ failures to spec codes lives here:
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -181,9 +182,33 @@ def decode_params(params: msgspec.Raw, type_: type[_T]) -> _T:
             text = f"params must be an object with named members (or left out), not {got}"
         elif text.startswith("Object missing required field"):
             field = text.split("`")[1]
-        raise InvalidParams(f"Invalid params: {text}", field=field) from None
+        allowed = _literal_values(type_, field) if text.startswith("Invalid enum value") else ()
+        extra: dict[str, Any] = {}
+        if allowed:
+            text += f"; expected one of: {', '.join(map(str, allowed))}"
+            extra["allowed"] = list(allowed)
+        raise InvalidParams(f"Invalid params: {text}", field=field, **extra) from None
     except msgspec.DecodeError as exc:  # pragma: no cover - params were already valid JSON
         raise InvalidParams(f"Invalid params: {exc}") from None
+
+
+def _literal_values(type_: type, field: str | None) -> tuple[Any, ...]:
+    """The values a ``Literal`` field of ``type_`` accepts (for "Invalid enum value" errors)."""
+    if not field or "." in field or "[" in field:
+        return ()
+    try:
+        hint = typing.get_type_hints(type_, include_extras=True).get(field)
+    except Exception:  # an unresolvable annotation: no list, the message stands alone
+        return ()
+    values: list[Any] = []
+    stack = [hint]
+    while stack:
+        t = stack.pop()
+        if typing.get_origin(t) is typing.Literal:
+            values.extend(typing.get_args(t))
+        else:
+            stack.extend(typing.get_args(t))
+    return tuple(dict.fromkeys(values))
 
 
 def encode_result(id_: Id, result: Any) -> bytes:
