@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +28,19 @@ def speech_clip() -> Path:
     from vibevoice_rpc.humans import sample_audio_path
 
     return sample_audio_path()
+
+
+@pytest.fixture
+def script() -> Iterator[Callable[..., None]]:
+    """``script(answer, **kwargs)`` forces a scripted answer on the tiny model for the test
+    (tests/scripted.py); undone at the end."""
+    from . import scripted
+
+    undo: list[Callable[[], None]] = []
+
+    def install(answer: Any, **kwargs: Any) -> None:
+        undo.append(scripted.install(answer, **kwargs))
+
+    yield install
+    for u in reversed(undo):
+        u()

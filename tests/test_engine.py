@@ -20,12 +20,12 @@ from vibevoice_rpc.errors import ModelUnavailable, OutOfMemory, RequestCancelled
 from vibevoice_rpc.messages import (
     STAGES,
     ReloadParams,
-    SegmentParams,
     TranscribeParams,
     TranscribeResult,
 )
 
 from . import scripted
+from .recorder import Recorder
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -47,47 +47,6 @@ def engine(tiny_model: Path) -> Iterator[Engine]:
     eng.warm_up()
     yield eng
     eng.unload(Job(None, "unload_model", None, None, None))
-
-
-@pytest.fixture
-def script() -> Iterator[Callable[..., None]]:
-    undo: list[Callable[[], None]] = []
-
-    def install(answer: Any, **kwargs: Any) -> None:
-        undo.append(scripted.install(answer, **kwargs))
-
-    yield install
-    for u in reversed(undo):
-        u()
-
-
-class Recorder:
-    """Collects a job's notifications; ``then`` runs a hook on each one (e.g. to cancel)."""
-
-    def __init__(self, then: Callable[[Recorder, str, Any], None] | None = None) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self.job: Job | None = None
-        self._then = then
-
-    def __call__(self, method: str, params: Any) -> None:
-        self.events.append((method, params))
-        if self._then is not None:
-            self._then(self, method, params)
-
-    @property
-    def stages(self) -> list[str]:
-        out: list[str] = []
-        for method, p in self.events:
-            if method == "progress" and (not out or out[-1] != p.stage):
-                out.append(p.stage)
-        return out
-
-    @property
-    def segments(self) -> list[SegmentParams]:
-        return [p for m, p in self.events if m == "segment"]
-
-    def progress(self, stage: str) -> list[float]:
-        return [p.progress for m, p in self.events if m == "progress" and p.stage == stage]
 
 
 def run(

@@ -65,18 +65,6 @@ def engine(qwen_model: Path) -> Iterator[Engine]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def script() -> Iterator[Callable[..., None]]:
-    undo: list[Callable[[], None]] = []
-
-    def install(answer: Any, **kwargs: Any) -> None:
-        undo.append(scripted.install(answer, **kwargs))
-
-    yield install
-    for u in reversed(undo):
-        u()
-
-
 def clip(tmp_path: Path, seconds: float) -> Path:
     """A 24 kHz clip of exactly ``seconds`` (the prompt states it to 2 decimals)."""
     n = round(seconds * 24000)

@@ -27,6 +27,7 @@ from vibevoice_rpc.messages import ReloadParams, TranscribeParams, TranscribeRes
 
 from . import scripted
 from .fake_vllm import FakeVllm, Reply
+from .recorder import Recorder
 from .rpc_client import RpcProcess, server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,30 +35,6 @@ pytestmark = pytest.mark.timeout(120)
 ANSWER = "assistant\n" + scripted.real_format_answer()[len("<|im_start|>assistant\n") :].replace(
     "<|im_end|>", ""
 )
-
-
-class Recorder:
-    def __init__(self, then: Any = None) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self.job: Job | None = None
-        self._then = then
-
-    def __call__(self, method: str, params: Any) -> None:
-        self.events.append((method, params))
-        if self._then is not None:
-            self._then(self, method, params)
-
-    @property
-    def stages(self) -> list[str]:
-        out: list[str] = []
-        for method, p in self.events:
-            if method == "progress" and (not out or out[-1] != p.stage):
-                out.append(p.stage)
-        return out
-
-    @property
-    def segments(self) -> list[Any]:
-        return [p.segment for m, p in self.events if m == "segment"]
 
 
 def engine_for(fake: FakeVllm, **settings: Any) -> Engine:
@@ -86,7 +63,9 @@ def test_a_remote_transcription_has_the_local_shape(fake: FakeVllm, speech_clip:
     texts = [s.text for s in result.segments]
     assert texts == [s["Content"] for s in scripted.REAL_FORMAT_SEGMENTS]
     assert [s.speaker for s in result.segments] == ["Speaker_0", "Speaker_1"] * 2
-    assert rec.segments == result.segments  # streamed as the answer arrived, once each
+    assert [
+        p.segment for p in rec.segments
+    ] == result.segments  # streamed as the answer arrived, once each
     assert rec.stages == ["loading_audio", "uploading", "transcribing", "finalizing"]
     meta = result.metadata
     assert (meta.backend, meta.server, meta.model) == ("remote", fake.url, "vibevoice")
@@ -141,7 +120,7 @@ def test_a_loop_is_recovered_with_the_good_text_as_the_assistant_prefix(
         rec = Recorder()
         result = run(engine_for(fake, continuation="prefix"), rec, audio_path=str(speech_clip))
     assert [s.text for s in result.segments] == ["Hello there.", "Fine, thanks."]
-    assert [s.text for s in rec.segments] == ["Hello there.", "Fine, thanks."]
+    assert [p.segment.text for p in rec.segments] == ["Hello there.", "Fine, thanks."]
     assert result.metadata.loop_recoveries == 1 and not result.metadata.repetition_stopped
     first, retry = fake.requests
     assert retry["messages"][-1] == {
@@ -163,7 +142,7 @@ def test_by_default_a_loop_restarts_the_window_and_repeated_segments_are_dropped
         rec = Recorder()
         result = run(engine_for(fake), rec, audio_path=str(speech_clip))
     assert [s.text for s in result.segments] == ["Hello there.", "Fine, thanks."]
-    assert [s.text for s in rec.segments] == ["Hello there.", "Fine, thanks."]  # none twice
+    assert [p.segment.text for p in rec.segments] == ["Hello there.", "Fine, thanks."]  # none twice
     meta = result.metadata
     assert meta.loop_recoveries == 1 and any("started over" in w for w in meta.warnings)
     first, retry = fake.requests
