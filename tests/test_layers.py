@@ -64,3 +64,23 @@ def test_the_engine_side_never_imports_the_protocol_side() -> None:
     assert ENGINE_SIDE <= set(graph), ENGINE_SIDE - set(graph)
     crossing = {m: sorted(graph[m] & PROTOCOL) for m in ENGINE_SIDE if graph[m] & PROTOCOL}
     assert crossing == {}
+
+
+def test_the_error_table_is_complete_unique_and_documented() -> None:
+    """Every error class is in errors.ERROR_TABLE with its own code, and docs/PROTOCOL.md's
+    error table lists exactly those codes."""
+    import re
+
+    from vibevoice_rpc import errors
+
+    classes = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.RpcError) and obj is not errors.RpcError
+    }
+    assert classes == set(errors.ERROR_TABLE)
+    codes = [cls.code for cls in errors.ERROR_TABLE]
+    assert len(codes) == len(set(codes))
+    doc = (PACKAGE.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    documented = {int(c) for c in re.findall(r"^\| (-32\d\d\d) \|", doc, flags=re.M)}
+    assert documented == set(codes)

@@ -135,7 +135,6 @@ class Config:
     max_window_seconds: float = 3600.0
     max_audio_seconds: float = 4 * 3600.0
     parent_pid: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
     backend: str = "local"
     remote: RemoteSettings | None = None
 

@@ -476,8 +476,3 @@ class Dispatcher:
                 jobs = list(self._inflight.values())
             for job in jobs:
                 job.heartbeat(now)
-
-    @property
-    def queue_length(self) -> int:
-        with self._cv:
-            return len(self._queue)

@@ -639,11 +639,6 @@ def _language_identifier() -> Any:
         return _identifier
 
 
-def warm_up_language_model() -> None:
-    """Load py3langid's model now (≈1 s) instead of on the first :func:`detect_language`."""
-    _language_identifier()
-
-
 def detect_language(text: str) -> str:
     """The ISO 639-1 code of ``text``'s main language, or ``"unknown"``.
 
