@@ -61,6 +61,7 @@ NF4_BLOCK = 64
 NF4_BYTES_PER_PARAM = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * 256)
 
 SAMPLE_RATE = 24000
+AUDIO_HOP = 3200  # samples per audio token (7.5 audio tokens per second)
 # The prompt around the audio tokens: the chat template and instruction (~64 tokens with the real
 # Qwen2 tokenizer) plus at most MAX_CONTEXT_PROMPT_TOKENS of context/hotwords (the engine refuses more).
 MAX_CONTEXT_PROMPT_TOKENS = 448
@@ -325,7 +326,7 @@ def weights_bytes(
 def window_tokens(
     seconds: float,
     *,
-    hop_length: int = 3200,
+    hop_length: int = AUDIO_HOP,
     max_new_tokens: int | None = None,
     output_tokens_per_second: float = OUTPUT_TOKENS_PER_SECOND,
 ) -> TokenCounts:

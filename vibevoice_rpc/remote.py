@@ -34,7 +34,13 @@ import numpy as np
 
 from .config import RemoteSettings
 from .errors import RemoteError
-from .planner import MAX_CONTEXT_TOKENS, PROMPT_OVERHEAD_TOKENS, SAMPLE_RATE, output_budget
+from .planner import (
+    AUDIO_HOP,
+    MAX_CONTEXT_TOKENS,
+    PROMPT_OVERHEAD_TOKENS,
+    SAMPLE_RATE,
+    output_budget,
+)
 from .prompt import instruction
 from .stream import RunnerInfo, Try, TryOutcome, WindowResult, WindowRun, run_with_recovery
 
@@ -45,7 +51,6 @@ log = logging.getLogger(__name__)
 SYSTEM_PROMPT = (
     "You are a helpful assistant that transcribes audio input into text output in JSON format."
 )
-HOP = 3200  # samples per audio token
 _ROLE_RE = re.compile(r"^\s*assistant\s*", re.IGNORECASE)
 _RETRY_STATUSES = (429, 502, 503, 504)
 _BACKOFF_CAP = 10.0
@@ -76,7 +81,7 @@ class ServerStatus:
         }
 
 
-def encode_wav_base64(samples: np.ndarray) -> tuple[str, str]:
+def encode_flac_base64(samples: np.ndarray) -> tuple[str, str]:
     """The window as 16-bit FLAC at 24 kHz (lossless for the model's input; ~half of WAV) →
     (mime type, base64 text)."""
     import soundfile as sf
@@ -283,10 +288,10 @@ class RemoteRunner:
         return self.client.count_tokens(text)
 
     def run_window(self, run: WindowRun) -> WindowResult:
-        mime, b64 = encode_wav_base64(run.samples)
+        mime, b64 = encode_flac_base64(run.samples)
         audio_url = f"data:{mime};base64,{b64}"
         del b64
-        audio_tokens = -(-len(run.samples) // HOP)
+        audio_tokens = -(-len(run.samples) // AUDIO_HOP)
         context_len = self.client.status.max_model_len or MAX_CONTEXT_TOKENS
         room = max(1, context_len - audio_tokens - PROMPT_OVERHEAD_TOKENS)
         budget = max(1, min(output_budget(run.duration, run.max_new_tokens), room))
