@@ -25,7 +25,7 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def speech_clip() -> Path:
     """Real two-speaker speech (espeak-ng, 11.5 s, 16 kHz mono Opus like the app's recordings)."""
-    from vibevoice_rpc.humans import sample_audio_path
+    from vibevoice_rpc.commands import sample_audio_path
 
     return sample_audio_path()
 

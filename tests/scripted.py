@@ -51,9 +51,9 @@ def install(
     its try number in the window, the text the prompt ends with, and the sampling arguments.
     Returns a function that undoes the patch."""
     # Patched on the first job, so a server using this still says "ready" before torch is imported.
-    from vibevoice_rpc import transcribe
+    from vibevoice_rpc import pipeline
 
-    original_transcribe = transcribe.transcribe_audio
+    original_transcribe = pipeline.transcribe_audio
     originals: dict[str, Any] = {}
 
     def forced(ids: list[int] | None, prompt_len: int) -> Any:
@@ -126,10 +126,10 @@ def install(
             LocalRunner.run_window = run_window  # type: ignore[method-assign]
         return original_transcribe(*args, **kwargs)
 
-    transcribe.transcribe_audio = transcribe_audio
+    pipeline.transcribe_audio = transcribe_audio
 
     def undo() -> None:
-        transcribe.transcribe_audio = original_transcribe
+        pipeline.transcribe_audio = original_transcribe
         if "run_window" in originals:
             from vibevoice_rpc.generation import LocalRunner
 

@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from vibevoice_rpc.audio import (
     DecodedAudio,
     find_ffmpeg,
     load_audio,
-    quiet_split_points,
 )
 from vibevoice_rpc.errors import AudioDecodeError, AudioFileError, AudioTooLong
 
@@ -678,53 +676,6 @@ def test_audio_module_does_not_import_torch():
     code = "import sys, vibevoice_rpc.audio; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
-
-
-# --- split points ---------------------------------------------------------------------------------
-
-
-def _noise_with_gaps(rate: int, seconds: float, gaps: list[float], gap_len: float = 0.4):
-    x = np.random.default_rng(3).uniform(-0.5, 0.5, int(rate * seconds)).astype(np.float32)
-    for g in gaps:
-        x[int(g * rate) : int((g + gap_len) * rate)] *= 0.001
-    return x
-
-
-def test_split_points_empty_when_audio_fits_one_window():
-    x = np.ones(8000 * 10, np.float32)
-    assert quiet_split_points(x, 8000, 10.0) == []
-    assert quiet_split_points(x[:100], 8000, 10.0, search_seconds=2.0) == []
-
-
-def test_split_points_land_in_the_quiet_gaps():
-    rate = 8000
-    gaps = [24.0, 50.0, 77.0]
-    x = _noise_with_gaps(rate, 100.0, gaps)
-    points = quiet_split_points(x, rate, 30.0, search_seconds=10.0)
-    assert len(points) == 3
-    for p, g in zip(points, gaps, strict=True):
-        assert g * rate <= p <= (g + 0.4) * rate, (p / rate, g)
-
-
-def test_split_windows_never_exceed_the_window():
-    rate = 8000
-    x = _noise_with_gaps(rate, 95.0, [5.0])  # no gap where it is needed
-    points = quiet_split_points(x, rate, 20.0, search_seconds=4.0)
-    edges = [0, *points, len(x)]
-    assert all(0 < b - a <= 20 * rate for a, b in pairwise(edges))
-    assert all(a < b for a, b in pairwise(edges))
-    for a, p in zip(edges, points, strict=False):
-        assert p >= a + 16 * rate  # inside the last 4 s of its window
-
-
-def test_split_points_are_deterministic_and_prefer_late_ties_in_silence():
-    rate = 8000
-    x = np.zeros(rate * 50, np.float32)
-    first = quiet_split_points(x, rate, 20.0, search_seconds=5.0)
-    assert first == quiet_split_points(x.copy(), rate, 20.0, search_seconds=5.0)
-    assert all(isinstance(p, int) for p in first)
-    assert first[0] > 19.8 * rate  # ties go to the latest frame: windows stay long
-    assert len(first) == 2
 
 
 # --- PyAV: M4A/AAC/WebM/MP4 in process (issue #13.1) ---------------------------------------------

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vibevoice_rpc import humans
+from vibevoice_rpc import commands
 from vibevoice_rpc.messages import ProgressParams, Segment, SegmentParams
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,7 +46,7 @@ def _progress(stage: str, value: float, message: str) -> ProgressParams:
 
 def test_progress_bar_uses_no_escape_sequences_and_fits_the_console():
     out = Console()
-    bar = humans._Bar(stream=out, columns=80)
+    bar = commands._Bar(stream=out, columns=80)
     bar("progress", _progress("loading_audio", 0.0, "decoding audio " + "x" * 80))
     bar("progress", _progress("transcribing", 0.5, "half"))
     seg = Segment(speaker="Speaker_0", start_time=0.0, end_time=1.5, text="Grüß Gott 🎙")
@@ -65,7 +65,7 @@ def test_progress_bar_uses_no_escape_sequences_and_fits_the_console():
 
 def test_progress_without_a_console_prints_one_line_per_stage():
     out = io.StringIO()
-    bar = humans._Bar(stream=out)
+    bar = commands._Bar(stream=out)
     bar("progress", _progress("loading_audio", 0.0, "decoding audio"))
     bar("progress", _progress("loading_audio", 0.5, "decoding audio"))
     bar("progress", _progress("encoding", 0.0, "encoding"))
@@ -77,7 +77,7 @@ def test_progress_without_a_console_prints_one_line_per_stage():
 def test_output_to_a_console_goes_through_its_encoding():
     master, slave = os.openpty()  # a real terminal: os.isatty is true for it
     try:
-        humans._write_text(slave, "Grüß Gott 🎙 → ok\n", encoding="cp437")
+        commands._write_text(slave, "Grüß Gott 🎙 → ok\n", encoding="cp437")
         data = os.read(master, 1000)
     finally:
         os.close(master)
@@ -89,7 +89,7 @@ def test_output_to_a_console_goes_through_its_encoding():
 def test_output_to_a_pipe_or_file_stays_utf8():
     r, w = os.pipe()
     try:
-        humans._write_text(w, "Grüß 🎙\n", isatty=lambda fd: False)
+        commands._write_text(w, "Grüß 🎙\n", isatty=lambda fd: False)
         os.close(w)
         w = -1
         assert os.read(r, 1000) == "Grüß 🎙\n".encode()
@@ -109,7 +109,7 @@ class _FakeConsoleK32:
 
 @pytest.mark.parametrize(("cp", "name"), [(850, "cp850"), (65001, "utf-8"), (99999, "utf-8")])
 def test_console_encoding_on_windows_is_the_output_code_page(cp, name):
-    assert humans.console_encoding(windows=True, k32=_FakeConsoleK32(cp)) == name
+    assert commands.console_encoding(windows=True, k32=_FakeConsoleK32(cp)) == name
 
 
 def test_console_encoding_elsewhere_is_the_locales():
@@ -117,4 +117,4 @@ def test_console_encoding_elsewhere_is_the_locales():
     import locale
 
     expected = codecs.lookup(locale.getpreferredencoding(False)).name
-    assert humans.console_encoding(windows=False) == expected
+    assert commands.console_encoding(windows=False) == expected

@@ -413,9 +413,9 @@ def _windowed_run(
     """Transcribe ``clip`` in 5 s windows; each window's scripted answer says who talks when, with
     local speaker ids numbered from 0 in order of appearance, as the real model numbers them
     (``SILENCE`` and ``NOISE`` are the model's non-speech segments, without a speaker number)."""
-    from vibevoice_rpc.audio import load_audio, quiet_split_points
-    from vibevoice_rpc.transcribe import WINDOW_OVERLAP_SECONDS
-    from vibevoice_rpc.windows import plan_windows
+    from vibevoice_rpc.audio import load_audio
+    from vibevoice_rpc.pipeline import WINDOW_OVERLAP_SECONDS
+    from vibevoice_rpc.windowing import plan_windows, quiet_split_points
 
     audio = load_audio(clip)
 

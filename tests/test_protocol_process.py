@@ -197,7 +197,7 @@ def test_parent_death_ends_the_server_mid_job(tmp_path, tiny_model, speech_clip)
 
 def test_pending_id_is_refused_for_health_and_cancel_too(tmp_path):
     """With transcribe 7 pending, health 7 and cancel 7 are -32600 duplicate_id (issue #14.5)."""
-    from vibevoice_rpc.humans import sample_audio_path
+    from vibevoice_rpc.commands import sample_audio_path
 
     env = server_env(
         VIBEVOICE_MODEL_PATH=str(tmp_path / "no model"),  # the load fails, but only after...

@@ -171,7 +171,8 @@ def test_library_prints_during_model_load_never_reach_stdout(
 def test_context_and_hotwords_beyond_their_limits_are_invalid_params(
     tiny_model: Path, speech_clip: Path
 ) -> None:
-    from vibevoice_rpc.prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_TOKENS, MAX_HOTWORDS
+    from vibevoice_rpc.messages import MAX_CONTEXT_CHARS, MAX_HOTWORDS
+    from vibevoice_rpc.prompt import MAX_CONTEXT_TOKENS
 
     audio = str(speech_clip)
     with RpcProcess(cmd=SCRIPTED, env=_env(tiny_model, VIBEVOICE_TEST_SCRIPT="default")) as p:

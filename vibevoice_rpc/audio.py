@@ -50,7 +50,6 @@ __all__ = [
     "DecodedAudio",
     "load_audio",
     "find_ffmpeg",
-    "quiet_split_points",
 ]
 
 log = logging.getLogger(__name__)
@@ -1192,45 +1191,3 @@ def _decode_failure(
         hint="convert it to WAV, FLAC, MP3, Opus or M4A",
         path=shown,
     )
-
-
-# --- where to split long audio ---------------------------------------------------------------
-
-
-def quiet_split_points(
-    samples: np.ndarray,
-    sample_rate: int,
-    window_seconds: float,
-    search_seconds: float = 30.0,
-    *,
-    frame_seconds: float = 0.1,
-) -> list[int]:
-    """Interior sample indices that split ``samples`` into windows of at most ``window_seconds``.
-
-    Each split lies in the last ``search_seconds`` before its window's end, at the centre of the
-    quietest ``frame_seconds`` frame there (lowest RMS, stepped every 10 ms; ties go to the latest
-    frame, so windows stay long). Returns ``[]`` when the audio fits one window. Deterministic.
-    """
-    n = len(samples)
-    window = int(window_seconds * sample_rate)
-    if window <= 0:
-        raise ValueError(f"window_seconds must be positive, got {window_seconds!r}")
-    if n <= window:
-        return []
-    search = max(1, min(window - 1, int(search_seconds * sample_rate)))
-    frame = max(1, min(search, int(frame_seconds * sample_rate)))
-    hop = max(1, sample_rate // 100)
-    points: list[int] = []
-    start = 0
-    while n - start > window:
-        end = start + window
-        lo = end - search
-        region = np.asarray(samples[lo:end], dtype=np.float64)
-        energy = np.concatenate(([0.0], np.cumsum(region * region)))
-        offsets = np.arange(0, len(region) - frame + 1, hop)
-        sums = energy[offsets + frame] - energy[offsets]
-        best = offsets[len(sums) - 1 - int(np.argmin(sums[::-1]))]
-        split = lo + int(best) + frame // 2
-        points.append(split)
-        start = split
-    return points

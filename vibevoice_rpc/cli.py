@@ -1,4 +1,4 @@
-"""Command line: no arguments runs the server; ``transcribe`` and ``selftest`` are for humans."""
+"""Command line: no arguments runs the server; ``transcribe`` and ``selftest`` are for commands."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         config.parent_pid = os.getppid() if parent is None else (parent or None)
         return serve(config, proto_fd)
     if command == "transcribe":
-        from .humans import run_transcribe
+        from .commands import run_transcribe
 
         return run_transcribe(config, args, proto_fd)
     if command == "download":
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cli(config, args, proto_fd)
     if command == "selftest":
-        from .humans import run_selftest
+        from .commands import run_selftest
 
         return run_selftest(config, proto_fd)
     print(f"unknown command {command!r}", file=sys.stderr)  # pragma: no cover

@@ -31,7 +31,7 @@ __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
-_LOWER = {
+_SMALLER_PRECISION = {
     "auto": "int8",
     "fp32": "bf16",
     "bf16": "int8",
@@ -430,7 +430,7 @@ class Engine:
         )
 
     def _oom_error(self, exc: BaseException, precision: str) -> OutOfMemory:
-        lower = _LOWER.get(precision, "nf4")
+        lower = _SMALLER_PRECISION.get(precision, "nf4")
         return OutOfMemory(
             f"CUDA out of memory while running {precision}: {exc}".strip(),
             hint=f"try a lower precision ({lower}) or a shorter audio file",
@@ -479,8 +479,8 @@ class Engine:
         self.state = "busy"
         try:
             from .generation import LocalRunner
+            from .pipeline import transcribe_audio
             from .stream import RunnerInfo
-            from .transcribe import transcribe_audio
 
             info = RunnerInfo(
                 precision=loaded.precision,
@@ -508,9 +508,9 @@ class Engine:
     def _transcribe_remote(
         self, audio: Any, params: TranscribeParams, job: Job
     ) -> TranscribeResult:
+        from .pipeline import transcribe_audio
         from .remote import RemoteRunner
         from .stream import RunnerInfo
-        from .transcribe import transcribe_audio
 
         client = self._client()
         settings = client.settings

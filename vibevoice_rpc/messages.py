@@ -10,8 +10,6 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-from .prompt import MAX_CONTEXT_CHARS, MAX_HOTWORD_CHARS, MAX_HOTWORDS
-
 __all__ = [
     "PRECISIONS",
     "Precision",
@@ -57,6 +55,12 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 Language = Annotated[
     str, msgspec.Meta(pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)$")
 ]
+# Request limits on the prompt's inputs (the built context's token limit is prompt.MAX_CONTEXT_TOKENS).
+# Microsoft's examples use a handful of names and a sentence or two. Without limits a 100 KB context
+# took 22 s of prefill and a 1 MB one never finished.
+MAX_CONTEXT_CHARS = 2000
+MAX_HOTWORDS = 100
+MAX_HOTWORD_CHARS = 64
 Hotword = Annotated[str, msgspec.Meta(max_length=MAX_HOTWORD_CHARS)]
 Hotwords = Annotated[list[Hotword], msgspec.Meta(max_length=MAX_HOTWORDS)]
 Context = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT_CHARS)]

@@ -21,21 +21,14 @@ from collections.abc import Iterable
 from .planner import MAX_CONTEXT_PROMPT_TOKENS
 
 __all__ = [
-    "MAX_CONTEXT_CHARS",
-    "MAX_HOTWORDS",
-    "MAX_HOTWORD_CHARS",
     "MAX_CONTEXT_TOKENS",
     "build_context",
     "instruction",
 ]
 
-# Request limits (enforced on the params by messages.TranscribeParams, and on the built context's
-# token count by the engine). Microsoft's examples use a handful of names and a sentence or two;
-# 448 tokens is ~1,800 characters of English. Without limits a 100 KB context took 22 s of prefill
-# and a 1 MB one never finished.
-MAX_CONTEXT_CHARS = 2000
-MAX_HOTWORDS = 100
-MAX_HOTWORD_CHARS = 64
+# The built context's token limit, enforced by the pipeline (the character and count limits are the
+# params' own: messages.MAX_CONTEXT_CHARS, MAX_HOTWORDS, MAX_HOTWORD_CHARS). 448 tokens is ~1,800
+# characters of English.
 MAX_CONTEXT_TOKENS = MAX_CONTEXT_PROMPT_TOKENS
 
 _KEYS = "Start time, End time, Speaker ID, Content"

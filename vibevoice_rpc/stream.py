@@ -23,7 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .messages import Segment
-from .transcript import IncrementalParser, ParsedTranscript, RepetitionDetector
+from .parser import IncrementalParser, ParsedTranscript
+from .repetition import RepetitionDetector
 
 __all__ = [
     "RECOVERY_TEMPERATURES",

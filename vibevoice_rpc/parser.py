@@ -1,4 +1,4 @@
-"""Model output text → segments: a streaming JSON-array parser, loop and language detection.
+"""Model output text → segments: a streaming JSON-array parser and the speaker labels.
 
 VibeVoice-ASR answers ``<|im_start|>assistant\\n[{"Start":0,"End":15.43,"Speaker":0,
 "Content":"…"},…]<|im_end|>`` (``assistant\\n[…]`` once special tokens are skipped). Keys are
@@ -11,7 +11,7 @@ becomes a :class:`~vibevoice_rpc.messages.Segment` as soon as its closing brace 
 :func:`parse_transcript` is the same parser fed the whole text at once, so streaming and batch
 results are identical.
 
-No torch here; py3langid is imported on first use of :func:`detect_language`.
+No torch here. The loop detector is :mod:`vibevoice_rpc.repetition`, language id :mod:`vibevoice_rpc.language`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,17 +28,14 @@ from .messages import Segment
 __all__ = [
     "ParsedTranscript",
     "IncrementalParser",
-    "RepetitionDetector",
     "normalize_segment",
     "parse_transcript",
-    "detect_language",
     "is_non_speech",
     "parse_speaker",
     "speaker_label",
 ]
 
 UNKNOWN_SPEAKER = "Speaker_unknown"
-UNKNOWN_LANGUAGE = "unknown"
 _EXCERPT_CHARS = 80
 _KEEP_CHARS = 400  # how much stray text (before/after the array) is kept for warnings
 
@@ -508,154 +503,3 @@ def parse_transcript(text: str, duration: float) -> ParsedTranscript:
     parser = IncrementalParser(duration)
     parser.feed(text or "")
     return parser.finish()
-
-
-# --- repetition loops -----------------------------------------------------------------------
-
-
-class RepetitionDetector:
-    """Detects generation stuck in a loop, one token at a time.
-
-    Stuck means: the most recent tokens are a pattern of period ``p`` (1 ≤ p ≤ ``max_period``)
-    repeated without a break over a span of at least ``min_span`` tokens (``single_token_span``
-    for p = 1). A transcript never does that: even when segments share their JSON skeleton, their
-    times and words differ. Per token the cost is the number of earlier occurrences of that token
-    within the last ``max_period`` tokens (amortized O(1) on normal text, ≤ ``max_period``).
-    Once stuck it stays stuck (``push`` keeps returning True) until :meth:`reset`; ``loop_start``
-    is then the index of the first token of the repeating stretch. ``current_span`` is the length
-    of the longest periodic stretch ending at the last token (0 when there is none): a token
-    before that stretch can no longer become part of a loop that is detected later.
-    """
-
-    def __init__(
-        self, *, max_period: int = 64, min_span: int = 200, single_token_span: int = 64
-    ) -> None:
-        if max_period < 1 or min_span < 2 or single_token_span < 2:
-            raise ValueError("max_period ≥ 1, min_span ≥ 2 and single_token_span ≥ 2 required")
-        self.max_period = max_period
-        self.min_span = min_span
-        self.single_token_span = single_token_span
-        self.reset()
-
-    def reset(self) -> None:
-        self._window: deque[int] = deque()  # the last max_period tokens
-        self._where: dict[int, deque[int]] = {}  # token -> its positions inside the window
-        self._runs: dict[int, int] = {}  # period -> consecutive matches ending at the last token
-        self._pos = 0
-        self.stuck = False
-        self.period = 0
-        self.span = 0
-        self.loop_start = 0
-        self.current_span = 0
-
-    @property
-    def tokens_seen(self) -> int:
-        return self._pos
-
-    def push(self, token_id: int) -> bool:
-        """Record the next generated token; True when the output is stuck in a loop."""
-        pos = self._pos
-        where = self._where
-        runs: dict[int, int] = {}
-        best_period = 0
-        best_span = 0
-        longest = 0
-        earlier = where.get(token_id)
-        if earlier:
-            old = self._runs
-            for q in earlier:
-                p = pos - q
-                run = old.get(p, 0) + 1
-                runs[p] = run
-                span = run + p
-                longest = max(longest, span)
-                if span >= (self.single_token_span if p == 1 else self.min_span):
-                    if best_period == 0 or p < best_period:  # report the fundamental period
-                        best_period, best_span = p, span
-        self._runs = runs
-        # slide the window
-        window = self._window
-        window.append(token_id)
-        if earlier is None:
-            earlier = where[token_id] = deque()
-        earlier.append(pos)
-        if len(window) > self.max_period:
-            gone = window.popleft()
-            positions = where[gone]
-            positions.popleft()
-            if not positions:
-                del where[gone]
-        self._pos = pos + 1
-        self.current_span = longest
-        if best_span and not self.stuck:
-            self.stuck = True
-            self.period = best_period
-            self.span = best_span
-            self.loop_start = pos + 1 - best_span
-        return self.stuck
-
-    def extend(self, token_ids: Iterable[int]) -> bool:
-        """Push several tokens; True when stuck after any of them."""
-        for token in token_ids:
-            self.push(int(token))
-        return self.stuck
-
-
-# --- language -------------------------------------------------------------------------------
-
-_MIN_LETTERS = 3
-_MIN_CONFIDENCE = 0.1
-_MAX_CHARS = 20000
-# Labels py3langid gives in ISO 639-3 where an ISO 639-1 macrolanguage code exists.
-_TO_639_1 = {
-    "yue": "zh",
-    "wuu": "zh",
-    "arz": "ar",
-    "ary": "ar",
-    "uzs": "uz",
-    "sdh": "ku",
-    "gug": "gn",
-}
-_identifier: Any = None
-_normalized = False  # whether the identifier's confidence is a probability
-_identifier_lock = threading.Lock()
-
-
-def _language_identifier() -> Any:
-    global _identifier, _normalized
-    with _identifier_lock:
-        if _identifier is None:
-            from py3langid import langid
-
-            cls = langid.LanguageIdentifier
-            if hasattr(cls, "from_model_file"):  # py3langid ≥ 0.4
-                _identifier = cls.from_model_file(langid.MODEL_FILE, norm_probs=True)
-                _normalized = True
-            elif hasattr(cls, "from_pickled_model"):  # py3langid 0.2–0.3
-                _identifier = cls.from_pickled_model(langid.MODEL_FILE, norm_probs=True)
-                _normalized = True
-            else:  # pragma: no cover - an unknown future API: raw scores, no confidence
-                _identifier = langid
-        return _identifier
-
-
-def detect_language(text: str) -> str:
-    """The ISO 639-1 code of ``text``'s main language, or ``"unknown"``.
-
-    ``"unknown"`` when there are fewer than 3 letters, when py3langid finds no linguistic content,
-    or when its confidence is very low (e.g. a lone "Hallo"). Offline; the first call loads the
-    model (≈1 s).
-    """
-    if not text:
-        return UNKNOWN_LANGUAGE
-    sample = text[:_MAX_CHARS]
-    if sum(1 for ch in sample if ch.isalpha()) < _MIN_LETTERS:
-        return UNKNOWN_LANGUAGE
-    identifier = _language_identifier()
-    code, confidence = identifier.classify(sample)
-    if _normalized and float(confidence) < _MIN_CONFIDENCE:
-        return UNKNOWN_LANGUAGE
-    code = str(code).lower()
-    if code in ("zxx", "und", ""):
-        return UNKNOWN_LANGUAGE
-    return _TO_639_1.get(code, code)

@@ -9,7 +9,14 @@ from .errors import InvalidParams
 from .messages import Metadata, Segment, TranscribeParams, TranscribeResult
 from .planner import SAMPLE_RATE
 from .prompt import MAX_CONTEXT_TOKENS, build_context
-from .windows import TimedSpeech, Window, keeps_segment, link_speakers, plan_windows
+from .windowing import (
+    TimedSpeech,
+    Window,
+    keeps_segment,
+    link_speakers,
+    plan_windows,
+    quiet_split_points,
+)
 
 if TYPE_CHECKING:
     from .audio import DecodedAudio
@@ -152,9 +159,9 @@ def transcribe_audio(
     runner: Runner, audio: DecodedAudio, params: TranscribeParams, job: Job
 ) -> TranscribeResult:
     """Run ``runner`` over ``audio`` (window by window when long) and build the app's result."""
-    from .audio import quiet_split_points
+    from .language import detect_language
+    from .parser import count_speakers, spoken_text
     from .stream import WindowRun
-    from .transcript import count_speakers, detect_language, spoken_text
 
     info = runner.info
     duration = audio.duration

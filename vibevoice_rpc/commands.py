@@ -184,7 +184,7 @@ def run_selftest(config: Config, proto_fd: int) -> int:
     """Run audio decode → model → parse → schema once, printing each stage and what it proves."""
     from .audio import load_audio
     from .engine import Engine
-    from .transcript import parse_transcript
+    from .parser import parse_transcript
 
     out: list[str] = []
 

@@ -1,16 +1,20 @@
-"""Long-audio windows: planning, who keeps a segment heard twice, and speaker linking."""
+"""Long-audio windows: where to split, planning, who keeps a segment heard twice, and speaker linking."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
+import numpy as np
 import pytest
 
-from vibevoice_rpc.windows import (
+from vibevoice_rpc.windowing import (
     CUT_TOLERANCE_SECONDS,
     TimedSpeech,
     Window,
     keeps_segment,
     link_speakers,
     plan_windows,
+    quiet_split_points,
 )
 
 
@@ -116,3 +120,50 @@ def test_one_global_speaker_is_never_given_to_two_local_ones() -> None:
     current = [TimedSpeech(0, 90.0, 96.0), TimedSpeech(1, 96.0, 100.0)]
     mapping, _ = link_speakers(previous, current, (90.0, 100.0), next_id=1)
     assert mapping == {0: 0, 1: 1}
+
+
+# --- where to split: the quietest moment near each window's end ---------------------------------
+
+
+def _noise_with_gaps(rate: int, seconds: float, gaps: list[float], gap_len: float = 0.4):
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, int(rate * seconds)).astype(np.float32)
+    for g in gaps:
+        x[int(g * rate) : int((g + gap_len) * rate)] *= 0.001
+    return x
+
+
+def test_split_points_empty_when_audio_fits_one_window():
+    x = np.ones(8000 * 10, np.float32)
+    assert quiet_split_points(x, 8000, 10.0) == []
+    assert quiet_split_points(x[:100], 8000, 10.0, search_seconds=2.0) == []
+
+
+def test_split_points_land_in_the_quiet_gaps():
+    rate = 8000
+    gaps = [24.0, 50.0, 77.0]
+    x = _noise_with_gaps(rate, 100.0, gaps)
+    points = quiet_split_points(x, rate, 30.0, search_seconds=10.0)
+    assert len(points) == 3
+    for p, g in zip(points, gaps, strict=True):
+        assert g * rate <= p <= (g + 0.4) * rate, (p / rate, g)
+
+
+def test_split_windows_never_exceed_the_window():
+    rate = 8000
+    x = _noise_with_gaps(rate, 95.0, [5.0])  # no gap where it is needed
+    points = quiet_split_points(x, rate, 20.0, search_seconds=4.0)
+    edges = [0, *points, len(x)]
+    assert all(0 < b - a <= 20 * rate for a, b in pairwise(edges))
+    assert all(a < b for a, b in pairwise(edges))
+    for a, p in zip(edges, points, strict=False):
+        assert p >= a + 16 * rate  # inside the last 4 s of its window
+
+
+def test_split_points_are_deterministic_and_prefer_late_ties_in_silence():
+    rate = 8000
+    x = np.zeros(rate * 50, np.float32)
+    first = quiet_split_points(x, rate, 20.0, search_seconds=5.0)
+    assert first == quiet_split_points(x.copy(), rate, 20.0, search_seconds=5.0)
+    assert all(isinstance(p, int) for p in first)
+    assert first[0] > 19.8 * rate  # ties go to the latest frame: windows stay long
+    assert len(first) == 2

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from vibevoice_rpc.language import detect_language
 from vibevoice_rpc.messages import Segment
-from vibevoice_rpc.tiny import qwen_tokenizer_dir
-from vibevoice_rpc.transcript import (
+from vibevoice_rpc.parser import (
     IncrementalParser,
     ParsedTranscript,
-    RepetitionDetector,
-    detect_language,
     normalize_segment,
     parse_transcript,
     speaker_label,
 )
+from vibevoice_rpc.repetition import RepetitionDetector
+from vibevoice_rpc.tiny import qwen_tokenizer_dir
 
 pytestmark = pytest.mark.timeout(60)
 

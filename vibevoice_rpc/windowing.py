@@ -1,4 +1,5 @@
-"""Long audio: overlapping windows, and speaker labels kept consistent across them.
+"""Long audio: where to split it (a quiet moment), overlapping windows, and speaker labels kept
+consistent across them.
 
 Window *k* ends at a split point *s* (a quiet moment) and window *k+1* starts ``overlap`` seconds
 before *s*, so the stretch just before *s* is heard twice. Who keeps a segment heard in that
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "CUT_TOLERANCE_SECONDS",
     "Window",
@@ -20,6 +23,7 @@ __all__ = [
     "TimedSpeech",
     "link_speakers",
     "keeps_segment",
+    "quiet_split_points",
 ]
 
 
@@ -141,3 +145,42 @@ def link_speakers(
             mapping[local] = next_id
             next_id += 1
     return mapping, notes
+
+
+def quiet_split_points(
+    samples: np.ndarray,
+    sample_rate: int,
+    window_seconds: float,
+    search_seconds: float = 30.0,
+    *,
+    frame_seconds: float = 0.1,
+) -> list[int]:
+    """Interior sample indices that split ``samples`` into windows of at most ``window_seconds``.
+
+    Each split lies in the last ``search_seconds`` before its window's end, at the centre of the
+    quietest ``frame_seconds`` frame there (lowest RMS, stepped every 10 ms; ties go to the latest
+    frame, so windows stay long). Returns ``[]`` when the audio fits one window. Deterministic.
+    """
+    n = len(samples)
+    window = int(window_seconds * sample_rate)
+    if window <= 0:
+        raise ValueError(f"window_seconds must be positive, got {window_seconds!r}")
+    if n <= window:
+        return []
+    search = max(1, min(window - 1, int(search_seconds * sample_rate)))
+    frame = max(1, min(search, int(frame_seconds * sample_rate)))
+    hop = max(1, sample_rate // 100)
+    points: list[int] = []
+    start = 0
+    while n - start > window:
+        end = start + window
+        lo = end - search
+        region = np.asarray(samples[lo:end], dtype=np.float64)
+        energy = np.concatenate(([0.0], np.cumsum(region * region)))
+        offsets = np.arange(0, len(region) - frame + 1, hop)
+        sums = energy[offsets + frame] - energy[offsets]
+        best = offsets[len(sums) - 1 - int(np.argmin(sums[::-1]))]
+        split = lo + int(best) + frame // 2
+        points.append(split)
+        start = split
+    return points
