@@ -30,17 +30,18 @@ def speech_clip() -> Path:
     return sample_audio_path()
 
 
+@pytest.fixture(scope="session")
+def scripted_runtime() -> Any:
+    """The local runtime with a settable scripted answer (tests/scripted.py), for engines that a
+    test scripts: ``Engine(config, runtime=scripted_runtime)``."""
+    from .scripted import ScriptedRuntime
+
+    return ScriptedRuntime()
+
+
 @pytest.fixture
-def script() -> Iterator[Callable[..., None]]:
-    """``script(answer, **kwargs)`` forces a scripted answer on the tiny model for the test
-    (tests/scripted.py); undone at the end."""
-    from . import scripted
-
-    undo: list[Callable[[], None]] = []
-
-    def install(answer: Any, **kwargs: Any) -> None:
-        undo.append(scripted.install(answer, **kwargs))
-
-    yield install
-    for u in reversed(undo):
-        u()
+def script(scripted_runtime: Any) -> Iterator[Callable[..., None]]:
+    """``script(answer, **kwargs)`` forces a scripted answer on engines built with
+    ``scripted_runtime`` for this test (tests/scripted.py); cleared at the end."""
+    yield scripted_runtime.set
+    scripted_runtime.clear()

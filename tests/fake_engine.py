@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
-from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.errors import AudioFileError
+from vibevoice_rpc.job import Job
 from vibevoice_rpc.messages import (
+    EngineStatus,
+    GpuFacts,
     Metadata,
     ReloadParams,
     Segment,
@@ -29,8 +30,15 @@ class FakeEngine:
         self.calls: list[str] = []
         self.closed = False
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "model_loaded": False, "device": "cpu", "precision": "fp32"}
+    def snapshot(self) -> EngineStatus:
+        return EngineStatus(
+            state=self.state,
+            model_loaded=False,
+            gpu=GpuFacts(gpu_probe="none"),
+            device="cpu",
+            precision="fp32",
+            model="fake",
+        )
 
     def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
         self.calls.append(params.audio_path)

@@ -53,48 +53,15 @@ def main() -> None:
             print(f"scripted_server: injecting OutOfMemoryError at step {step}", file=sys.stderr)
             raise torch.cuda.OutOfMemoryError(OOM_MESSAGE.format(step=step))
 
-    scripted.install(
-        script, step_delay=delay, on_step=on_step if oom_at >= 0 else None, retries=retries
+    runtime = scripted.ScriptedRuntime(
+        load_delay=float(os.environ.get("VIBEVOICE_TEST_LOAD_DELAY", "0") or 0),
+        noisy_load=os.environ.get("VIBEVOICE_TEST_NOISY_LOAD") == "1",
     )
-    if os.environ.get("VIBEVOICE_TEST_NOISY_LOAD") == "1":
-        _noisy_load()
-    load_delay = float(os.environ.get("VIBEVOICE_TEST_LOAD_DELAY", "0") or 0)
-    if load_delay:
-        _slow_load(load_delay)
+    runtime.set(script, step_delay=delay, on_step=on_step if oom_at >= 0 else None, retries=retries)
     from vibevoice_rpc.__main__ import main as server_main
 
     sys.argv[0] = "vibevoice-rpc"
-    server_main()
-
-
-def _noisy_load() -> None:
-    from vibevoice_rpc import loader
-
-    real = loader.load_model
-
-    def load_model(*args, **kwargs):  # type: ignore[no-untyped-def]
-        print("print() noise during model load")
-        os.write(1, b"fd-1 noise during model load\n")
-        if sys.__stdout__ is not None:
-            sys.__stdout__.write("sys.__stdout__ noise during model load\n")
-            sys.__stdout__.flush()
-        return real(*args, **kwargs)
-
-    loader.load_model = load_model
-
-
-def _slow_load(seconds: float) -> None:
-    import time
-
-    from vibevoice_rpc import loader
-
-    real = loader.load_model
-
-    def load_model(*args, **kwargs):  # type: ignore[no-untyped-def]
-        time.sleep(seconds)
-        return real(*args, **kwargs)
-
-    loader.load_model = load_model
+    server_main(runtime=runtime)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the real generate loop (the tiny model's own words are noise)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from vibevoice_rpc.messages import (
 
 from . import scripted
 from .recorder import Recorder
+from .scripted import ScriptedRuntime
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -41,9 +43,11 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model: Path) -> Iterator[Engine]:
+def engine(tiny_model: Path, scripted_runtime: ScriptedRuntime) -> Iterator[Engine]:
     """One engine for the module, loaded in fp32 like a CPU user gets it."""
-    eng = Engine(Config(model_path=str(tiny_model), precision="fp32", offline=True))
+    eng = Engine(
+        Config(model_path=str(tiny_model), precision="fp32", offline=True), runtime=scripted_runtime
+    )
     eng.warm_up()
     yield eng
     eng.unload(Job(None, "unload_model", None, None, None))
@@ -326,7 +330,7 @@ def test_cancel_mid_generation_keeps_segments_so_far_and_the_model(
     data = info.value.data
     assert data["kind"] == "cancelled"
     assert [s.start_time for s in data["segments"]] == [0.0, 2.4]
-    assert engine.snapshot()["model_loaded"] is True
+    assert engine.snapshot().model_loaded is True
     again, _ = run(engine, audio_path=str(speech_clip))
     assert len(again.segments) == 4
 
@@ -399,7 +403,7 @@ def test_out_of_memory_mid_generation_is_reported_and_the_model_keeps_serving(
     err = info.value
     assert err.code == -32005 and "CUDA out of memory" in err.message
     assert err.data["suggested_precision"] == "bf16" and "bf16" in err.data["hint"]
-    assert engine.snapshot()["model_loaded"] is True and engine.state == "idle"
+    assert engine.snapshot().model_loaded is True and engine.state == "idle"
     again, _ = run(engine, audio_path=str(speech_clip))
     assert len(again.segments) == 4
 
@@ -408,7 +412,7 @@ def test_out_of_memory_mid_generation_is_reported_and_the_model_keeps_serving(
 
 
 def _windowed_run(
-    tiny_model: Path, clip: Path, script: Callable[..., None], truth: list[tuple[float, float, str]]
+    tiny_model: Path, clip: Path, runtime: ScriptedRuntime, truth: list[tuple[float, float, str]]
 ) -> tuple[TranscribeResult, Recorder, int]:
     """Transcribe ``clip`` in 5 s windows; each window's scripted answer says who talks when, with
     local speaker ids numbered from 0 in order of appearance, as the real model numbers them
@@ -442,9 +446,10 @@ def _windowed_run(
                 segs.append(seg)
         answers.append(scripted.real_format_answer(segs))
     calls = iter(answers)
-    script(lambda _duration: next(calls))
+    runtime.set(lambda _duration: next(calls))
     eng = Engine(
-        Config(model_path=str(tiny_model), precision="fp32", offline=True, max_window_seconds=5.0)
+        Config(model_path=str(tiny_model), precision="fp32", offline=True, max_window_seconds=5.0),
+        runtime=runtime,
     )
     try:
         result, rec = run(eng, audio_path=str(clip))
@@ -454,11 +459,14 @@ def _windowed_run(
 
 
 def test_long_audio_is_split_into_windows_with_speakers_linked_across_them(
-    tiny_model: Path, speech_clip: Path, script: Callable[..., None]
+    tiny_model: Path,
+    speech_clip: Path,
+    scripted_runtime: ScriptedRuntime,
+    script: Callable[..., None],  # clears the script afterwards
 ) -> None:
     # A conversation whose every window boundary falls where both speakers are heard.
     truth = [(0.0, 3.0, "A"), (3.0, 6.5, "B"), (6.5, 9.5, "A"), (9.5, 11.5, "B")]
-    result, rec, windows = _windowed_run(tiny_model, speech_clip, script, truth)
+    result, rec, windows = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     meta = result.metadata
     assert windows >= 3 and meta.windows == windows
     starts = [s.start_time for s in result.segments]
@@ -476,12 +484,15 @@ def test_long_audio_is_split_into_windows_with_speakers_linked_across_them(
 
 
 def test_a_speaker_who_returns_after_a_window_boundary_is_flagged_uncertain(
-    tiny_model: Path, speech_clip: Path, script: Callable[..., None]
+    tiny_model: Path,
+    speech_clip: Path,
+    scripted_runtime: ScriptedRuntime,
+    script: Callable[..., None],  # clears the script afterwards
 ) -> None:
     # A is silent through the stretch window 3 shares with window 2, then talks again: nothing in
     # the transcript links the two, so the label may differ, and the metadata must say so.
     truth = [(0.0, 4.0, "A"), (4.0, 7.5, "B"), (7.5, 11.5, "A")]
-    result, _, _ = _windowed_run(tiny_model, speech_clip, script, truth)
+    result, _, _ = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     labels = [s.speaker for s in result.segments if s.text[0] == "B"]
     assert len(set(labels)) == 1  # B talks across the boundaries: one label
     notes = [w for w in result.metadata.warnings if "speaker link uncertain" in w]
@@ -490,7 +501,10 @@ def test_a_speaker_who_returns_after_a_window_boundary_is_flagged_uncertain(
 
 
 def test_non_speech_segments_are_never_merged_into_a_speaker_across_windows(
-    tiny_model: Path, speech_clip: Path, script: Callable[..., None]
+    tiny_model: Path,
+    speech_clip: Path,
+    scripted_runtime: ScriptedRuntime,
+    script: Callable[..., None],  # clears the script afterwards
 ) -> None:
     # Both speakers talk in every stretch two windows share (about 2.4-3.7, 5.8-7.1 and
     # 9.1-10.3 s); silence and noise fall inside the windows, where the old code called them
@@ -507,7 +521,7 @@ def test_non_speech_segments_are_never_merged_into_a_speaker_across_windows(
         (8.0, 9.5, "B"),
         (9.5, 11.5, "A"),
     ]
-    result, rec, windows = _windowed_run(tiny_model, speech_clip, script, truth)
+    result, rec, windows = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     assert windows >= 3
     for s in result.segments:
         if s.text == "[Silence]":
@@ -538,7 +552,7 @@ def test_reload_switches_precision_and_reports_what_runs(
     try:
         # fp16 asked on a machine without CUDA: runs fp32 and says so
         res, _ = run(eng, audio_path=str(speech_clip), max_new_tokens=4)
-        assert res.metadata.model_precision == "fp32" and eng.snapshot()["precision"] == "fp32"
+        assert res.metadata.model_precision == "fp32" and eng.snapshot().precision == "fp32"
 
         msg = eng.reload(ReloadParams(precision="bf16"), job)
         assert msg.status == "success" and "precision: bf16" in msg.message
@@ -546,7 +560,7 @@ def test_reload_switches_precision_and_reports_what_runs(
         assert model.lm_head.weight.dtype == torch.bfloat16
         assert next(model.model.acoustic_tokenizer_encoder.parameters()).dtype == torch.float32
         res, _ = run(eng, audio_path=str(speech_clip), max_new_tokens=4)
-        assert res.metadata.model_precision == "bf16" and eng.snapshot()["precision"] == "bf16"
+        assert res.metadata.model_precision == "bf16" and eng.snapshot().precision == "bf16"
 
         msg = eng.reload(ReloadParams(precision="int8"), job)
         assert "precision: int8" in msg.message
@@ -585,7 +599,7 @@ def test_unload_frees_the_model(tiny_model: Path, speech_clip: Path) -> None:
     gc.collect()
     assert ref() is None, "something still holds the unloaded model"
     snap = eng.snapshot()
-    assert snap["model_loaded"] is False and snap["state"] == "idle"
+    assert snap.model_loaded is False and snap.state == "idle"
     assert eng.unload(job).message == "No model was loaded"
 
 
@@ -605,7 +619,7 @@ def test_missing_model_says_where_it_looked_and_how_to_fetch_it(
         run(eng, audio_path=str(speech_clip))
     assert info.value.data["kind"] == "model_not_found"
     assert str(cache) in info.value.message and "offline" in info.value.message
-    assert eng.snapshot()["last_error"] == info.value.message
+    assert eng.snapshot().last_error == info.value.message
 
 
 # --- the plan's knobs ------------------------------------------------------------------------
@@ -664,7 +678,7 @@ def test_parked_encoders_come_in_for_encoding_and_leave_at_the_first_token(
         if method == "progress" and params.stage == "transcribing":
             order.append("first token")
 
-    monkeypatch.setattr(loaded, "parked", True)
+    monkeypatch.setattr(engine, "_loaded", dataclasses.replace(loaded, parked=True))
     run(engine, Recorder(mark), audio_path=str(speech_clip), max_new_tokens=3)
     moves = [f"{n}->cpu" for n in ENCODER_MODULES]  # device "cpu" here: the moves are the proof
     assert order == moves + ["first token"] + moves

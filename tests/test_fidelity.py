@@ -26,6 +26,7 @@ from vibevoice_rpc.messages import Segment, TranscribeParams, TranscribeResult
 from vibevoice_rpc.stream import SegmentStream
 
 from . import scripted
+from .scripted import ScriptedRuntime
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -53,12 +54,14 @@ def qwen_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(qwen_model: Path) -> Iterator[Engine]:
+def engine(qwen_model: Path, scripted_runtime: ScriptedRuntime) -> Iterator[Engine]:
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    eng = Engine(Config(model_path=str(qwen_model), precision="fp32", offline=True))
+    eng = Engine(
+        Config(model_path=str(qwen_model), precision="fp32", offline=True), runtime=scripted_runtime
+    )
     eng.warm_up()
     yield eng
     eng.unload(Job(None, "unload_model", None, None, None))
@@ -146,7 +149,6 @@ def test_the_streamed_text_is_the_real_transcription(
     script(data["generated_ids"][0])
     transcribe(engine, audio_path=str(clip(tmp_path, 7.56)), max_new_tokens=1)  # loaded
     from vibevoice_rpc.audio import load_audio
-    from vibevoice_rpc.generation import LocalRunner
     from vibevoice_rpc.stream import RunnerInfo, WindowRun
 
     loaded = engine._loaded
@@ -163,7 +165,7 @@ def test_the_streamed_text_is_the_real_transcription(
         on_first_token=lambda: None,
         on_segment=lambda s: None,
     )
-    runner = LocalRunner(loaded.model, loaded.processor, RunnerInfo("fp32", "cpu", "tiny", 3600.0))
+    runner = engine.runtime.runner(loaded, RunnerInfo("fp32", "cpu", "tiny", 3600.0))
     real_feed = SegmentStream.feed
 
     def feed(self: SegmentStream, text: str) -> None:

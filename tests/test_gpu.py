@@ -98,17 +98,17 @@ def probed(nvml: Any, env: dict[str, str] | None = None, **kw: Any) -> gpu.GpuPr
 
 def test_nothing_is_claimed_before_a_probe_answers():
     facts = gpu.GpuProbe(nvml=FakeNvml()).facts()  # not started
-    assert facts["gpu_probe"] == "pending" and facts["gpu_available"] is False
-    assert facts["vram_total_mb"] is None and facts["gpu_name"] is None
+    assert facts.gpu_probe == "pending" and facts.gpu_available is False
+    assert facts.vram_total_mb is None and facts.gpu_name is None
 
 
 def test_nvml_absent_here_means_no_nvidia_driver():
     """The real pynvml on this machine: no NVML library, so no CUDA GPU -- a real false."""
     probe = probed(None)
     facts = probe.facts()
-    assert facts["gpu_probe"] == "none" and facts["gpu_available"] is False
+    assert facts.gpu_probe == "none" and facts.gpu_available is False
     probe.torch_answered(False)  # torch agrees: still the driver's answer
-    assert probe.facts()["gpu_probe"] == "none"
+    assert probe.facts().gpu_probe == "none"
 
 
 def test_nvml_reports_the_gpu_and_refreshes_its_memory():
@@ -116,7 +116,7 @@ def test_nvml_reports_the_gpu_and_refreshes_its_memory():
     probe = probed(nvml, poll_seconds=0.01)
     try:
         facts = probe.facts()
-        assert facts == {
+        assert msgspec.structs.asdict(facts) == {
             "gpu_available": True,
             "gpu_probe": "nvml",
             "gpu_name": "NVIDIA GeForce RTX 4070",
@@ -127,9 +127,9 @@ def test_nvml_reports_the_gpu_and_refreshes_its_memory():
         nvml.used = 3 * GIB
         reads = nvml.memory_reads
         nvml.wait_reads(reads + 2)  # one full refresh after the change
-        assert probe.facts()["vram_used_mb"] == 3 * 1024
+        assert probe.facts().vram_used_mb == 3 * 1024
         probe.torch_answered(False)  # a CPU build of torch on a GPU machine: NVML's fact stands
-        assert probe.facts()["gpu_available"] is True and probe.torch_cuda is False
+        assert probe.facts().gpu_available is True and probe.torch_cuda is False
     finally:
         probe.stop()
 
@@ -152,23 +152,23 @@ def test_nvml_reads_the_device_cuda_calls_zero(visible, expected_call, available
     lookups = [c for c in nvml.calls if c[0].startswith("by_")]
     assert lookups == ([expected_call] if expected_call else [])
     facts = probe.facts()
-    assert facts["gpu_probe"] == "nvml" and facts["gpu_available"] is available
+    assert facts.gpu_probe == "nvml" and facts.gpu_available is available
 
 
 def test_a_machine_without_gpus_is_a_real_false_from_nvml():
     facts = probed(FakeNvml(count=0)).facts()
-    assert facts["gpu_probe"] == "nvml" and facts["gpu_available"] is False
+    assert facts.gpu_probe == "nvml" and facts.gpu_available is False
 
 
 def test_a_failing_nvml_waits_for_torch_and_never_guesses():
     probe = probed(FakeNvml(init_error=FakeNvmlError("Driver Not Loaded")))
-    assert probe.facts()["gpu_probe"] == "pending"
+    assert probe.facts().gpu_probe == "pending"
     probe.torch_answered(True)
-    assert probe.facts()["gpu_probe"] == "torch" and probe.facts()["gpu_available"] is True
+    assert probe.facts().gpu_probe == "torch" and probe.facts().gpu_available is True
 
     probe = probed(FakeNvml(init_error=FakeNvmlError("Driver Not Loaded")))
     probe.torch_answered(None)  # torch could not be imported either
-    assert probe.facts() == {
+    assert msgspec.structs.asdict(probe.facts()) == {
         "gpu_available": False,
         "gpu_probe": "failed",
         "gpu_name": None,
@@ -181,16 +181,16 @@ def test_a_failing_nvml_waits_for_torch_and_never_guesses():
 def test_a_missing_pynvml_is_no_evidence_of_no_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
     probe = probed(None)
-    assert probe.facts()["gpu_probe"] == "pending"
+    assert probe.facts().gpu_probe == "pending"
     probe.torch_answered(False)
-    assert probe.facts()["gpu_probe"] == "torch" and probe.facts()["gpu_available"] is False
+    assert probe.facts().gpu_probe == "torch" and probe.facts().gpu_available is False
 
 
 def test_torch_can_say_yes_where_nvml_is_missing():
     probe = probed(FakeNvml(init_error=FakeLibraryNotFound("NVML Shared Library Not Found")))
-    assert probe.facts()["gpu_probe"] == "none"
+    assert probe.facts().gpu_probe == "none"
     probe.torch_answered(True)  # e.g. a container with libcuda but no libnvidia-ml
-    assert probe.facts()["gpu_probe"] == "torch" and probe.facts()["gpu_available"] is True
+    assert probe.facts().gpu_probe == "torch" and probe.facts().gpu_available is True
 
 
 @pytest.mark.parametrize(
@@ -392,28 +392,31 @@ def test_no_cap_off_windows_or_without_room():
 
 
 def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
-    from vibevoice_rpc import loader
+    from vibevoice_rpc.loader import LoadedModel
+    from vibevoice_rpc.runtime import LocalRuntime
 
     capped: list[Any] = []
     monkeypatch.setattr(engine_mod, "cap_process_memory", lambda plan: capped.append(plan))
     plan = {"free_vram_bytes": 7 * GIB, "total_vram_bytes": 8 * GIB}
 
-    devices = iter(["cpu", "cuda"])
+    class OnTwoDevices(LocalRuntime):  # loads nothing: first "on the CPU", then "on a GPU"
+        devices = iter(["cpu", "cuda"])
 
-    def fake_load(precision: str, **_kw: Any) -> dict[str, Any]:
-        return {
-            "model": object(),
-            "processor": object(),
-            "precision": precision,
-            "device": next(devices),
-            "source": "/models/x",
-            "plan": plan,
-            "parked": False,
-            "max_window_seconds": 3600.0,
-        }
+        def load(self, precision: str, **_kw: Any) -> LoadedModel:
+            return LoadedModel(
+                model=object(),
+                processor=object(),
+                requested=precision,
+                precision=precision,
+                device=next(self.devices),
+                source="/models/x",
+                plan=plan,
+                max_window_seconds=3600.0,
+            )
 
-    monkeypatch.setattr(loader, "load_model", fake_load)
-    eng = Engine(Config(precision="fp16"), gpu=gpu.GpuProbe(nvml=FakeNvml()))
+    eng = Engine(
+        Config(precision="fp16"), gpu=gpu.GpuProbe(nvml=FakeNvml()), runtime=OnTwoDevices()
+    )
     job = Job(None, "preload", None, None, None)
     assert eng._load("fp16", job).device == "cpu" and capped == []
     assert eng._load("fp16", job).device == "cuda" and capped == [plan]

@@ -22,6 +22,7 @@ SHARED = {
 ENGINE_SIDE = {
     "engine",
     "loader",
+    "runtime",
     "planner",
     "model_source",
     "download",
@@ -88,6 +89,24 @@ def test_the_shared_modules_import_neither_side() -> None:
         if graph[m] & (PROTOCOL | ENGINE_SIDE)
     }
     assert crossing == {}
+
+
+def test_torch_stays_on_the_engine_side() -> None:
+    """The protocol side and the shared modules never import torch or transformers (health and the
+    reader must answer while a CUDA torch takes a minute to import)."""
+    heavy = {"torch", "transformers", "accelerate", "bitsandbytes"}
+    found = {}
+    for name in PROTOCOL | SHARED:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            roots: set[str] = set()
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots = {node.module.split(".")[0]}
+            if roots & heavy:
+                found.setdefault(name, set()).update(roots & heavy)
+    assert found == {}
 
 
 def test_the_engine_side_never_imports_the_protocol_side() -> None:

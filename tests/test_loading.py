@@ -133,7 +133,7 @@ def test_a_reload_with_a_bad_model_path_keeps_the_working_model(
         engine.reload(ReloadParams(precision="fp32", model_path=str(tmp_path / "nope")), job())
     assert "was kept" in info.value.message and info.value.data["kept_model"] is True
     snap = engine.snapshot()
-    assert snap["model_loaded"] is True and snap["model"] == str(tiny_model)
+    assert snap.model_loaded is True and snap.model == str(tiny_model)
     assert run(engine, audio_path=str(speech_clip), max_new_tokens=2).metadata.model == str(
         tiny_model
     )
@@ -181,8 +181,8 @@ def test_a_load_that_fails_midway_restores_the_previous_model(
     assert info.value.data["restored_model"] is True
     assert f"the previous model (fp32 from {tiny_model}) was restored" in info.value.message
     snap = engine.snapshot()
-    assert snap["model_loaded"] is True and snap["model"] == str(tiny_model)
-    assert snap["precision"] == "fp32"
+    assert snap.model_loaded is True and snap.model == str(tiny_model)
+    assert snap.precision == "fp32"
     result = run(engine, audio_path=str(speech_clip), max_new_tokens=2)
     assert result.metadata.model == str(tiny_model)
 
@@ -222,7 +222,7 @@ def test_health_and_progress_say_which_precision_runs_and_which_was_asked(
     eng.warm_up()
     assert eng._torch_ready.wait(120)
     snap = eng.snapshot()
-    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    assert (snap.precision, snap.requested_precision) == ("fp32", "fp16")
     messages: list[str] = []
     p = TranscribeParams(audio_path=str(speech_clip), max_new_tokens=2)
     job = Job("t", "transcribe", p, None, lambda m, d: messages.append(getattr(d, "message", "")))
@@ -230,10 +230,10 @@ def test_health_and_progress_say_which_precision_runs_and_which_was_asked(
     assert "loading model (fp32; fp16 requested)" in messages
     assert "model loaded (fp32)" in messages
     snap = eng.snapshot()
-    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    assert (snap.precision, snap.requested_precision) == ("fp32", "fp16")
     eng.unload(job)
     snap = eng.snapshot()
-    assert (snap["precision"], snap["requested_precision"]) == ("fp32", "fp16")
+    assert (snap.precision, snap.requested_precision) == ("fp32", "fp16")
     eng.reload(ReloadParams(precision="int8"), job)
     eng.unload(job)
-    assert (eng.snapshot()["precision"], eng.snapshot()["requested_precision"]) == ("int8", "int8")
+    assert (eng.snapshot().precision, eng.snapshot().requested_precision) == ("int8", "int8")

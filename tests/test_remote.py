@@ -312,15 +312,15 @@ def test_reload_switches_backends_and_keeps_the_old_one_when_the_server_is_down(
     with pytest.raises(RemoteError) as info:
         engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url=down), job)
     assert "the local model is kept" in info.value.message
-    assert engine.backend == "local" and engine.snapshot()["model_loaded"] is True
+    assert engine.backend == "local" and engine.snapshot().model_loaded is True
     with pytest.raises(InvalidParams):
         engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url="ftp://x"), job)
 
     msg = engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url=fake.url), job)
     assert fake.url in msg.message and engine.backend == "remote"
     snap = engine.snapshot()
-    assert snap["backend"] == "remote" and snap["remote"]["url"] == fake.url
-    assert snap["remote"]["reachable"] is True and engine._loaded is None  # the GPU is freed
+    assert snap.backend == "remote" and snap.remote["url"] == fake.url
+    assert snap.remote["reachable"] is True and engine._loaded is None  # the GPU is freed
     assert run(engine, audio_path=str(speech_clip)).metadata.backend == "remote"
 
     engine.reload(ReloadParams(precision="fp32", backend="local"), job)

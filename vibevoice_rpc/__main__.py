@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vibevoice_rpc.runtime import LocalRuntime
 
 
-def main() -> None:
+def main(runtime: LocalRuntime | None = None) -> None:
+    """Run the command line and exit. ``runtime``: see :func:`vibevoice_rpc.cli.main`."""
     multiprocessing.freeze_support()  # first, before argument parsing (PyInstaller)
     from vibevoice_rpc.cli import main as cli_main
 
-    code = cli_main()
+    code = cli_main(runtime=runtime)
     if (
         "torch" in sys.modules
     ):  # transcribe/selftest: skip the teardown (and, on Windows, DLL detach)

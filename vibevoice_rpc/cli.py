@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import PROTOCOL_VERSION, __version__
 from .config import Config, setup_logging
 from .messages import PRECISIONS
+
+if TYPE_CHECKING:
+    from .runtime import LocalRuntime
 
 __all__ = ["main", "build_parser"]
 
@@ -158,7 +162,9 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) -> int:
+    """Run the command ``argv`` asks for. ``runtime`` loads and runs the local model (the default
+    :class:`~vibevoice_rpc.runtime.LocalRuntime` when None; tests pass a scripted one)."""
     args = build_parser().parse_args(argv)
     _check_std_fds(args.command or "serve")
     config = _config(args)
@@ -173,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
 
         parent = getattr(args, "parent_pid", None)
         config.parent_pid = os.getppid() if parent is None else (parent or None)
-        return serve(config, proto_fd)
+        return serve(config, proto_fd, runtime=runtime)
     if command == "transcribe":
         from .commands import run_transcribe
 
-        return run_transcribe(config, args, proto_fd)
+        return run_transcribe(config, args, proto_fd, runtime=runtime)
     if command == "download":
         from .download import run_cli
 
@@ -185,6 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     if command == "selftest":
         from .commands import run_selftest
 
-        return run_selftest(config, proto_fd)
+        return run_selftest(config, proto_fd, runtime=runtime)
     print(f"unknown command {command!r}", file=sys.stderr)  # pragma: no cover
     return 2

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
@@ -27,6 +27,9 @@ from .formats import render
 from .job import Job
 from .messages import ProgressParams, SegmentParams, TranscribeParams, TranscribeResult
 from .winapi import IS_WINDOWS, kernel32
+
+if TYPE_CHECKING:
+    from .runtime import LocalRuntime
 
 __all__ = ["run_transcribe", "run_selftest", "sample_audio_path"]
 
@@ -133,11 +136,13 @@ def _fail(err: RpcError) -> int:
     return 1
 
 
-def run_transcribe(config: Config, args: argparse.Namespace, proto_fd: int) -> int:
+def run_transcribe(
+    config: Config, args: argparse.Namespace, proto_fd: int, *, runtime: LocalRuntime | None = None
+) -> int:
     """``vibevoice-rpc transcribe FILE``: one job, a progress bar on stderr, the result on stdout."""
     from .engine import Engine
 
-    engine = Engine(config)
+    engine = Engine(config, runtime=runtime)
     engine.warm_up()
     try:
         params = TranscribeParams(
@@ -180,7 +185,7 @@ _REAL_FORMAT_SAMPLE = (
 )
 
 
-def run_selftest(config: Config, proto_fd: int) -> int:
+def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None) -> int:
     """Run audio decode → model → parse → schema once, printing each stage and what it proves."""
     from .audio import load_audio
     from .engine import Engine
@@ -228,7 +233,7 @@ def run_selftest(config: Config, proto_fd: int) -> int:
     config.model_path = str(model_dir)
     if tiny:
         config.precision = "fp32"
-    engine = Engine(config)
+    engine = Engine(config, runtime=runtime)
     engine.warm_up()
     params = TranscribeParams(audio_path=str(clip), max_new_tokens=48 if tiny else None)
     events: list[str] = []

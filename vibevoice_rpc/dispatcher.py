@@ -25,11 +25,11 @@ from .errors import (
     InternalError,
     InvalidRequest,
     MethodNotFound,
-    OutOfMemory,
     RequestTooLarge,
     RpcError,
     ServerBusy,
     ShuttingDown,
+    out_of_memory,
 )
 from .job import Job, reason_words
 from .jsonrpc import (
@@ -47,6 +47,7 @@ from .messages import (
     CancelParams,
     CancelResult,
     EmptyParams,
+    EngineStatus,
     HealthResult,
     ReloadParams,
     StatusResult,
@@ -64,7 +65,7 @@ _TICK = 0.1
 class Engine(Protocol):
     """What the dispatcher needs from the model engine (the real one is :mod:`vibevoice_rpc.engine`)."""
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> EngineStatus: ...
     def transcribe(self, params: TranscribeParams, job: Job) -> Any: ...
     def reload(self, params: ReloadParams, job: Job) -> StatusResult: ...
     def unload(self, job: Job) -> StatusResult: ...
@@ -87,6 +88,11 @@ class Reply:
         self._sink = sink  # None for notifications: computed, never written
         self._lock = threading.Lock()
         self.done = False
+
+    @property
+    def listening(self) -> bool:
+        """Whether anyone waits for this answer (False for a notification)."""
+        return self._sink is not None
 
     def result(self, value: Any) -> None:
         self._send(lambda: encode_result(self.id, value), None)
@@ -291,7 +297,7 @@ class Dispatcher:
 
     def _dispatch(self, request: Request, reply: Reply) -> None:
         try:
-            if reply._sink is not None:  # any method: a pending id would make answers ambiguous
+            if reply.listening:  # any method: a pending id would make answers ambiguous
                 with self._cv:
                     self._refuse_pending_id(reply.id)
             if (
@@ -327,15 +333,16 @@ class Dispatcher:
 
     def _enqueue(self, request: Request, params: Any, reply: Reply) -> None:
         method = self._methods[request.method]
-        if reply._sink is None and method.result_matters:
+        if not reply.listening and method.result_matters:
             log.warning(
                 "ignored %r sent as a notification: its result would be lost", request.method
             )
             return
         if self.stopping.is_set():
             raise ShuttingDown("The server is shutting down", reason=self.stop_reason)
-        listening = reply._sink is not None
-        job = Job(reply.id, request.method, params, reply, self._notify if listening else None)
+        job = Job(
+            reply.id, request.method, params, reply, self._notify if reply.listening else None
+        )
         with self._cv:
             if len(self._queue) >= self._max_queue:
                 raise ServerBusy(
@@ -344,7 +351,7 @@ class Dispatcher:
                     queue_length=len(self._queue),
                     max_queue=self._max_queue,
                 )
-            if reply._sink is not None:
+            if reply.listening:
                 self._refuse_pending_id(reply.id)  # again, atomically with the insert
                 self._inflight[_id_key(reply.id)] = job
             if method.needs_model:  # sent before the worker can report a later stage
@@ -370,32 +377,32 @@ class Dispatcher:
 
     def _health(self, _params: EmptyParams, _reply: Reply) -> HealthResult:
         snap = self.engine.snapshot()
+        gpu = snap.gpu
         with self._cv:
             queue_length = len(self._queue)
-        state = "stopping" if self.stopping.is_set() else snap.get("state", "idle")
         return HealthResult(
             status="ok",
-            model_loaded=bool(snap.get("model_loaded", False)),
-            gpu_available=bool(snap.get("gpu_available", False)),
-            vram_used_mb=snap.get("vram_used_mb"),
-            vram_total_mb=snap.get("vram_total_mb"),
-            gpu_probe=snap.get("gpu_probe", "pending"),
-            state=state,
-            device=snap.get("device"),
-            precision=str(snap.get("precision", "")),
-            model=str(snap.get("model", "")),
+            model_loaded=snap.model_loaded,
+            gpu_available=gpu.gpu_available,
+            vram_used_mb=gpu.vram_used_mb,
+            vram_total_mb=gpu.vram_total_mb,
+            gpu_probe=gpu.gpu_probe,
+            state="stopping" if self.stopping.is_set() else snap.state,
+            device=snap.device,
+            precision=snap.precision,
+            model=snap.model,
             queue_length=queue_length,
             version=__version__,
             protocol=PROTOCOL_VERSION,
             pid=os.getpid(),
             uptime_s=round(time.monotonic() - self._started, 3),
-            last_error=snap.get("last_error"),
-            plan=snap.get("plan"),
-            backend=str(snap.get("backend", "local")),
-            requested_precision=snap.get("requested_precision"),
-            remote=snap.get("remote"),
-            gpu_name=snap.get("gpu_name"),
-            gpu_driver=snap.get("gpu_driver"),
+            last_error=snap.last_error,
+            plan=snap.plan,
+            backend=snap.backend,
+            requested_precision=snap.requested_precision,
+            remote=snap.remote,
+            gpu_name=gpu.gpu_name,
+            gpu_driver=gpu.gpu_driver,
             log_lines_dropped=self._log_lines_dropped() if self._log_lines_dropped else 0,
         )
 
@@ -447,11 +454,8 @@ class Dispatcher:
             result = self._method_of(job).handler(job.params, job)
         except RpcError as err:
             error = err
-        except MemoryError:
-            error = OutOfMemory(
-                "CUDA out of memory: the host ran out of memory (MemoryError)",
-                hint="use a lower precision (int8 or nf4) or a shorter audio file",
-            )
+        except MemoryError as exc:  # outside the engine's own translation (e.g. decoding audio)
+            error = out_of_memory(exc)
         except Exception as exc:
             log.exception("%s failed", job.method)
             error = InternalError(f"Internal error: {type(exc).__name__}: {exc}")

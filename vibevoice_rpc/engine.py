@@ -15,17 +15,33 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .config import DEFAULT_MODEL_ID, Config
-from .errors import InvalidParams, ModelUnavailable, OutOfMemory, RemoteError, RpcError
+from .errors import (
+    InvalidParams,
+    ModelUnavailable,
+    OutOfMemory,
+    RemoteError,
+    RpcError,
+    out_of_memory,
+)
 from .gpu import GpuProbe, cap_process_memory, torch_import_error
-from .messages import ReloadParams, StatusResult, TranscribeParams, TranscribeResult
+from .messages import (
+    EngineStatus,
+    ReloadParams,
+    StatusResult,
+    TranscribeParams,
+    TranscribeResult,
+)
+from .runtime import LocalRuntime
 
 if TYPE_CHECKING:
     from .job import Job
+    from .loader import LoadedModel
 
 __all__ = ["Engine"]
 
@@ -39,19 +55,6 @@ _SMALLER_PRECISION = {
     "int8": "nf4",
     "nf4": "nf4",
 }
-
-
-@dataclass
-class _Loaded:
-    model: Any
-    processor: Any
-    requested: str  # what was asked for (e.g. fp16 on a CPU machine)
-    precision: str  # what actually runs
-    device: str
-    source: str
-    plan: dict[str, Any] | None
-    max_window_seconds: float
-    parked: bool = False  # audio encoders on the CPU between jobs (the planner's choice)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -90,11 +93,16 @@ def _quantization_error(exc: BaseException, precision: str, device: str) -> Mode
 class Engine:
     """Owns the model. Public methods other than :meth:`snapshot` run on the worker thread."""
 
-    def __init__(self, config: Config, gpu: GpuProbe | None = None) -> None:
+    def __init__(
+        self, config: Config, gpu: GpuProbe | None = None, runtime: LocalRuntime | None = None
+    ) -> None:
+        """``runtime`` loads and runs the local model (:class:`~vibevoice_rpc.runtime.LocalRuntime`
+        unless a test or another runtime passes its own)."""
         self.config = config
+        self.runtime = runtime if runtime is not None else LocalRuntime()
         self.state = "idle"  # health says "starting" until torch is imported
         self.last_error: str | None = None
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedModel | None = None
         self._torch_ready = threading.Event()
         self._torch_lock = threading.Lock()
         self._torch_error: BaseException | None = None
@@ -161,7 +169,7 @@ class Engine:
             return None
         return "cuda" if cuda else "cpu"
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> EngineStatus:
         """The engine's part of ``health``; answers at once, in every state.
 
         GPU facts come from :class:`~vibevoice_rpc.gpu.GpuProbe` (NVML, else torch); until one has
@@ -169,52 +177,52 @@ class Engine:
         """
         loaded = self._loaded
         facts = self.gpu.facts()
-        if loaded is not None and loaded.device == "cuda" and facts["vram_total_mb"] is None:
+        if loaded is not None and loaded.device == "cuda" and facts.vram_total_mb is None:
             try:  # pragma: no cover - GPU without NVML
                 import torch
 
                 free, total_bytes = torch.cuda.mem_get_info()
-                facts["vram_used_mb"] = (total_bytes - free) // 2**20
-                facts["vram_total_mb"] = total_bytes // 2**20
+                facts = msgspec.structs.replace(
+                    facts,
+                    vram_used_mb=(total_bytes - free) // 2**20,
+                    vram_total_mb=total_bytes // 2**20,
+                )
             except Exception as exc:  # pragma: no cover - GPU only
                 log.debug("mem_get_info failed: %s", exc)
         if self._backend == "remote":
             client = self._client()
             client.refresh_in_background()  # health never waits for the server
-            remote = client.status.to_dict()
+            status = client.status
+            remote = status.to_dict()
             remote["model"] = client.settings.model
             remote["dialect"] = client.settings.dialect
             remote["fallback"] = client.settings.fallback
-            status = client.status
-            return {
-                "state": self.state,
-                "model_loaded": bool(status.reachable) and status.error is None,
-                **facts,
-                "device": "remote",
-                "precision": "remote",
-                "model": client.settings.model,
-                "last_error": self.last_error,
-                "plan": None,
-                "backend": "remote",
-                "remote": remote,
-            }
+            return EngineStatus(
+                state=self.state,
+                model_loaded=bool(status.reachable) and status.error is None,
+                gpu=facts,
+                device="remote",
+                precision="remote",
+                model=client.settings.model,
+                last_error=self.last_error,
+                backend="remote",
+                remote=remote,
+            )
         state = self.state
         if state == "idle" and not self._torch_ready.is_set():
             state = "starting"
         device = self._expected_device()  # once: torch may answer while this runs
-        return {
-            "state": state,
-            "backend": "local",
-            "remote": None,
-            "model_loaded": loaded is not None,
-            **facts,
-            "device": loaded.device if loaded else device,
-            "precision": loaded.precision if loaded else self._would_run(self._requested, device),
-            "requested_precision": loaded.requested if loaded else self._requested,
-            "model": loaded.source if loaded else (self._model_path or DEFAULT_MODEL_ID),
-            "last_error": self.last_error,
-            "plan": loaded.plan if loaded else None,
-        }
+        return EngineStatus(
+            state=state,
+            model_loaded=loaded is not None,
+            gpu=facts,
+            device=loaded.device if loaded else device,
+            precision=loaded.precision if loaded else self._would_run(self._requested, device),
+            requested_precision=loaded.requested if loaded else self._requested,
+            model=loaded.source if loaded else (self._model_path or DEFAULT_MODEL_ID),
+            last_error=self.last_error,
+            plan=loaded.plan if loaded else None,
+        )
 
     # --- the checkpoint's folder (download_model) ---------------------------------------------
 
@@ -244,8 +252,6 @@ class Engine:
         as they were. If the load itself fails after the old model was freed, the previous model
         and configuration are restored, and the error says so.
         """
-        from . import loader
-
         if params.backend == "remote" or (params.backend is None and self._backend == "remote"):
             return self._use_remote(params)
         self._backend = "local"
@@ -258,7 +264,7 @@ class Engine:
             else None
         )
         try:
-            prepared = loader.prepare_load(
+            prepared = self.runtime.prepare(
                 params.precision,
                 model_path=path,
                 device_pref=device,
@@ -349,7 +355,7 @@ class Engine:
 
     def _ensure_loaded(
         self, precision: str, job: Job, *, force: bool = False, prepared: Any = None
-    ) -> _Loaded:
+    ) -> LoadedModel:
         loaded = self._loaded
         if loaded is not None and not force and loaded.requested == precision:
             return loaded
@@ -401,11 +407,9 @@ class Engine:
         except (OSError, ValueError, RuntimeError):
             return self._model_path
 
-    def _load(self, precision: str, job: Job, prepared: Any = None) -> _Loaded:
-        from . import loader
-
+    def _load(self, precision: str, job: Job, prepared: Any = None) -> LoadedModel:
         t0 = time.monotonic()
-        loaded = loader.load_model(
+        loaded = self.runtime.load(
             precision,
             model_path=self._model_path,
             device_pref=self._device_pref,
@@ -414,28 +418,22 @@ class Engine:
             check_cancelled=job.check_cancelled,
             prepared=prepared,
         )
-        if loaded["device"] == "cuda":  # Windows: OOM instead of the driver's sysmem fallback
-            cap_process_memory(loaded["plan"])
+        if loaded.device == "cuda":  # Windows: OOM instead of the driver's sysmem fallback
+            cap_process_memory(loaded.plan)
         log.info(
             "model loaded from %s in %.1f s: %s on %s",
-            loaded["source"],
+            loaded.source,
             time.monotonic() - t0,
-            loaded["precision"],
-            loaded["device"],
+            loaded.precision,
+            loaded.device,
         )
-        return _Loaded(
-            requested=precision,
-            max_window_seconds=min(self.config.max_window_seconds, loaded["max_window_seconds"]),
-            **{k: v for k, v in loaded.items() if k != "max_window_seconds"},
-        )
+        window = min(self.config.max_window_seconds, loaded.max_window_seconds)
+        return dataclasses.replace(loaded, max_window_seconds=window)
 
-    def _oom_error(self, exc: BaseException, precision: str) -> OutOfMemory:
-        lower = _SMALLER_PRECISION.get(precision, "nf4")
-        return OutOfMemory(
-            f"CUDA out of memory while running {precision}: {exc}".strip(),
-            hint=f"try a lower precision ({lower}) or a shorter audio file",
-            precision=precision,
-            suggested_precision=lower,
+    @staticmethod
+    def _oom_error(exc: BaseException, precision: str) -> OutOfMemory:
+        return out_of_memory(
+            exc, precision=precision, smaller=_SMALLER_PRECISION.get(precision, "nf4")
         )
 
     # --- transcription ----------------------------------------------------------------------
@@ -451,10 +449,9 @@ class Engine:
             check_cancel=job.check_cancelled,
         )
         job.report("loading_audio", 1.0, f"decoded {audio.duration:.1f} s of audio")
-        notes: list[str] = []
         if self.backend == "remote":
             try:
-                result = self._transcribe_remote(audio, params, job)
+                return self._transcribe_remote(audio, params, job, started)
             except RemoteError as err:
                 settings = self._remote_settings
                 fallback = settings is not None and settings.fallback == "local"
@@ -465,20 +462,22 @@ class Engine:
                     err.extra.setdefault("segments", list(job.segments))
                     raise
                 log.warning("remote server unreachable; falling back to the local model")
-                notes.append(f"{err.message}; transcribed by the local model instead")
-                result = self._transcribe_local(audio, params, job)
-        else:
-            result = self._transcribe_local(audio, params, job)
-        result.metadata.processing_time = round(time.monotonic() - started, 3)
-        result.metadata.warnings = list(audio.warnings) + notes + result.metadata.warnings
-        return result
+                note = f"{err.message}; transcribed by the local model instead"
+                return self._transcribe_local(audio, params, job, started, [note])
+        return self._transcribe_local(audio, params, job, started)
 
-    def _transcribe_local(self, audio: Any, params: TranscribeParams, job: Job) -> TranscribeResult:
+    def _transcribe_local(
+        self,
+        audio: Any,
+        params: TranscribeParams,
+        job: Job,
+        started: float,
+        notes: list[str] | None = None,
+    ) -> TranscribeResult:
         precision = params.precision or (self._loaded.requested if self._loaded else None)
         loaded = self._ensure_loaded(precision or self.config.precision, job)
         self.state = "busy"
         try:
-            from .generation import LocalRunner
             from .pipeline import transcribe_audio
             from .stream import RunnerInfo
 
@@ -490,8 +489,8 @@ class Engine:
                 plan=loaded.plan,
                 park_encoders=loaded.parked,
             )
-            runner = LocalRunner(loaded.model, loaded.processor, info)
-            return transcribe_audio(runner, audio, params, job)
+            runner = self.runtime.runner(loaded, info)
+            return transcribe_audio(runner, audio, params, job, started=started, notes=notes or ())
         except RpcError:
             raise
         except Exception as exc:
@@ -506,7 +505,7 @@ class Engine:
             self._free_memory_between_jobs(loaded)
 
     def _transcribe_remote(
-        self, audio: Any, params: TranscribeParams, job: Job
+        self, audio: Any, params: TranscribeParams, job: Job, started: float
     ) -> TranscribeResult:
         from .pipeline import transcribe_audio
         from .remote import RemoteRunner
@@ -526,7 +525,7 @@ class Engine:
         )
         self.state = "busy"
         try:
-            return transcribe_audio(RemoteRunner(client, info), audio, params, job)
+            return transcribe_audio(RemoteRunner(client, info), audio, params, job, started=started)
         finally:
             self.state = "idle"
 
@@ -590,7 +589,7 @@ class Engine:
             message=f"Using the remote backend: {settings.shown} (model {settings.model})",
         )
 
-    def _free_memory_between_jobs(self, loaded: _Loaded) -> None:
+    def _free_memory_between_jobs(self, loaded: LoadedModel) -> None:
         # Users report VRAM building up across files in one process: release the cache per job.
         if loaded.device == "cuda":  # pragma: no cover - GPU only
             self._free_memory()

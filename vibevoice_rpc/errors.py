@@ -22,6 +22,7 @@ __all__ = [
     "AudioTooLong",
     "ModelUnavailable",
     "OutOfMemory",
+    "out_of_memory",
     "ModelDoesNotFit",
     "ServerBusy",
     "ShuttingDown",
@@ -136,6 +137,30 @@ class OutOfMemory(RpcError):
 
     code = -32005
     default_kind = "out_of_memory"
+
+
+def out_of_memory(
+    exc: BaseException, *, precision: str | None = None, smaller: str | None = None
+) -> OutOfMemory:
+    """The one translation of running out of memory (CUDA or host) into the protocol's error.
+
+    ``precision``: what was running (the engine knows; the dispatcher's last-resort boundary does
+    not); ``smaller``: the precision to suggest instead."""
+    if isinstance(exc, MemoryError):
+        what = "the host ran out of memory (MemoryError)"
+    else:
+        what = str(exc).strip() or type(exc).__name__
+    running = f" while running {precision}" if precision else ""
+    extra: dict[str, Any] = {}
+    if precision:
+        extra["precision"] = precision
+    if smaller:
+        extra["suggested_precision"] = smaller
+    return OutOfMemory(
+        f"CUDA out of memory{running}: {what}",
+        hint=f"try a lower precision ({smaller or 'int8 or nf4'}) or a shorter audio file",
+        **extra,
+    )
 
 
 class ModelDoesNotFit(RpcError):

@@ -1,7 +1,8 @@
 """The local model runs one window: encode, prefill, generate, streaming as it goes.
 
-This module, :mod:`vibevoice_rpc.loader` and :mod:`vibevoice_rpc.engine` are the ones that import
-torch. Streaming works through transformers' hooks: a ``streamer`` receives each new token (decoded
+torch is imported at the top here (this module is first imported when a model is loaded); elsewhere
+only on the engine side and lazily (loader, engine, planner, gpu's fallback, tiny: see
+tests/test_layers.py). Streaming works through transformers' hooks: a ``streamer`` receives each new token (decoded
 incrementally into a :class:`~vibevoice_rpc.stream.SegmentStream`), a ``StoppingCriteria`` stops
 generation on cancel or a repetition loop, a forward pre-hook on the semantic encoder checks cancel
 and reports progress between audio chunks, and one on each decoder layer checks cancel during the
@@ -183,6 +184,11 @@ class LocalRunner:
     def count_tokens(self, text: str) -> int:
         return len(self.processor.tokenizer.encode(text, add_special_tokens=False))
 
+    def generate(self, **kwargs: Any) -> Any:
+        """The one call into the model per try (``model.generate``); tests/scripted.py overrides it
+        to force a scripted answer through the rest of the real loop."""
+        return self.model.generate(**kwargs)
+
     def run_window(self, run: WindowRun) -> WindowResult:
         """Encode and transcribe one window, recovering from repetition loops. Raises
         RequestCancelled from inside encoding or the prefill on cancel."""
@@ -224,7 +230,7 @@ class LocalRunner:
             handles += _prefill_hooks(model, run, tried.stream)
             try:
                 with torch.inference_mode(), _seeded(tried.seed, device):
-                    output = model.generate(
+                    output = self.generate(
                         input_ids=ids,
                         attention_mask=mask,
                         **inputs,

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ModelUnavailable
+from .messages import GpuFacts
 from .winapi import IS_WINDOWS
 
 __all__ = [
@@ -190,9 +191,8 @@ class GpuProbe:
 
     # --- health (reader thread) -----------------------------------------------------------------
 
-    def facts(self) -> dict[str, Any]:
-        """``gpu_available``, ``gpu_probe``, ``gpu_name``, ``gpu_driver``, ``vram_used_mb``,
-        ``vram_total_mb``. Never waits."""
+    def facts(self) -> GpuFacts:
+        """What is known now; never waits."""
         with self._lock:
             nvml, torch_state = self._nvml, self._torch
             if nvml == "ok":
@@ -205,14 +205,14 @@ class GpuProbe:
                 probe, available = "failed", False
             else:
                 probe, available = "pending", False
-            return {
-                "gpu_available": available,
-                "gpu_probe": probe,
-                "gpu_name": self.name,
-                "gpu_driver": self.driver,
-                "vram_used_mb": self._used_mb,
-                "vram_total_mb": self._total_mb,
-            }
+            return GpuFacts(
+                gpu_available=bool(available),
+                gpu_probe=probe,
+                gpu_name=self.name,
+                gpu_driver=self.driver,
+                vram_used_mb=self._used_mb,
+                vram_total_mb=self._total_mb,
+            )
 
 
 # --- a failed import of torch -----------------------------------------------------------------

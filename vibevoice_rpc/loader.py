@@ -21,6 +21,7 @@ from .planner import ENCODER_MODULES, MAX_WINDOW_SECONDS
 
 __all__ = [
     "Prepared",
+    "LoadedModel",
     "prepare_load",
     "load_model",
     "pick_device",
@@ -229,6 +230,23 @@ class Prepared:
     plan: Any
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in memory and what it is: the precision that was asked for and the one that runs
+    (fp16 asked on a CPU runs fp32), where, from which folder, its memory plan and how long a
+    window it takes."""
+
+    model: Any
+    processor: Any
+    requested: str
+    precision: str
+    device: str
+    source: str
+    plan: dict[str, Any] | None
+    max_window_seconds: float
+    parked: bool = False  # audio encoders on the CPU between jobs (the planner's choice)
+
+
 def prepare_load(
     precision: str,
     *,
@@ -281,9 +299,8 @@ def load_model(
     allow_cpu_offload: bool,
     check_cancelled: Callable[[], None],
     prepared: Prepared | None = None,
-) -> dict[str, Any]:
-    """Load model + processor for ``precision`` (as ``prepared`` decided, else prepared now);
-    returns the fields of the engine's loaded record."""
+) -> LoadedModel:
+    """Load model + processor for ``precision`` (as ``prepared`` decided, else prepared now)."""
     if prepared is None:
         prepared = prepare_load(
             precision,
@@ -320,13 +337,14 @@ def load_model(
             getattr(model.model, name).to("cpu")
         torch.cuda.empty_cache()
     processor = _cached_processor(str(source), AutoProcessor)
-    return {
-        "model": model,
-        "processor": processor,
-        "precision": plan.precision,
-        "device": device,
-        "source": str(source),
-        "plan": plan.to_dict(),
-        "parked": parked,
-        "max_window_seconds": float(plan.max_window_seconds or MAX_WINDOW_SECONDS),
-    }
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        requested=precision,
+        precision=plan.precision,
+        device=device,
+        source=str(source),
+        plan=plan.to_dict(),
+        max_window_seconds=float(plan.max_window_seconds or MAX_WINDOW_SECONDS),
+        parked=parked,
+    )

@@ -26,6 +26,8 @@ __all__ = [
     "StatusResult",
     "CancelResult",
     "HealthResult",
+    "GpuFacts",
+    "EngineStatus",
     "ReadyParams",
     "ProgressParams",
     "SegmentParams",
@@ -156,6 +158,33 @@ class StatusResult(msgspec.Struct):
 
 class CancelResult(msgspec.Struct):
     cancelled: bool
+
+
+class GpuFacts(msgspec.Struct, frozen=True):
+    """What the GPU probe knows (NVML, else torch); never waits. VRAM is the whole GPU's."""
+
+    gpu_available: bool = False
+    gpu_probe: GpuProbeName = "pending"
+    gpu_name: str | None = None
+    gpu_driver: str | None = None
+    vram_used_mb: int | None = None
+    vram_total_mb: int | None = None
+
+
+class EngineStatus(msgspec.Struct, frozen=True):
+    """The engine's part of ``health`` (``Engine.snapshot``), read on the reader thread."""
+
+    state: str
+    model_loaded: bool
+    gpu: GpuFacts
+    device: str | None
+    precision: str  # what runs (or would run) for the requested precision
+    model: str
+    requested_precision: str | None = None
+    last_error: str | None = None
+    plan: dict[str, Any] | None = None
+    backend: str = "local"
+    remote: dict[str, Any] | None = None
 
 
 class HealthResult(msgspec.Struct):

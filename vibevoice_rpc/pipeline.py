@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import InvalidParams
@@ -156,9 +158,19 @@ def _check_context_tokens(runner: Runner, context: str | None) -> None:
 
 
 def transcribe_audio(
-    runner: Runner, audio: DecodedAudio, params: TranscribeParams, job: Job
+    runner: Runner,
+    audio: DecodedAudio,
+    params: TranscribeParams,
+    job: Job,
+    *,
+    started: float,
+    notes: Sequence[str] = (),
 ) -> TranscribeResult:
-    """Run ``runner`` over ``audio`` (window by window when long) and build the app's result."""
+    """Run ``runner`` over ``audio`` (window by window when long) and build the app's result.
+
+    ``started``: the job's ``time.monotonic()`` before the audio was decoded (processing_time
+    counts from there); ``notes``: the engine's own warnings for this job (e.g. a remote fallback),
+    listed after the decoder's."""
     from .language import detect_language
     from .parser import count_speakers, spoken_text
     from .stream import WindowRun
@@ -222,7 +234,7 @@ def transcribe_audio(
     metadata = Metadata(
         duration=round(duration, 3),
         language=language,
-        processing_time=0.0,
+        processing_time=round(time.monotonic() - started, 3),
         model_precision=info.precision,
         num_speakers=count_speakers(segments),
         device=info.device,
@@ -232,7 +244,7 @@ def transcribe_audio(
         loop_recoveries=recoveries,
         backend=info.backend,
         server=info.server,
-        warnings=warnings + stitcher.notes,
+        warnings=[*audio.warnings, *notes, *warnings, *stitcher.notes],
         windows=len(windows),
         max_new_tokens=budget_total,
         generated_tokens=generated,

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .config import Config
@@ -29,6 +29,9 @@ from .logsink import flush_at_exit
 from .messages import ReadyParams
 from .transport import DEFAULT_MAX_LINE_BYTES, LineWriter, Oversized, iter_lines
 from .winapi import exit_process
+
+if TYPE_CHECKING:
+    from .runtime import LocalRuntime
 
 __all__ = ["serve"]
 
@@ -112,7 +115,7 @@ def _answer_late_requests(lines: Iterator[bytes | Oversized], dispatcher: Dispat
             return
 
 
-def serve(config: Config, proto_fd: int) -> int:
+def serve(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None) -> int:
     """Serve JSON-RPC on stdin / ``proto_fd`` until told to stop. Does not return normally."""
     writer = LineWriter(proto_fd)
     writer.write(
@@ -123,7 +126,7 @@ def serve(config: Config, proto_fd: int) -> int:
     log.debug("ready written (torch imported: %s)", "torch" in sys.modules)
     from .engine import Engine  # cheap: torch is imported later, on a worker thread
 
-    engine = Engine(config)
+    engine = Engine(config, runtime=runtime)
     sink = current_sink()
     dispatcher = Dispatcher(
         engine,
