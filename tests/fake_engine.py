@@ -7,9 +7,13 @@ import threading
 from vibevoice_rpc.errors import AudioFileError
 from vibevoice_rpc.job import Job
 from vibevoice_rpc.messages import (
+    DownloadParams,
+    DownloadResult,
     EngineStatus,
     GpuFacts,
     Metadata,
+    ModelStatusParams,
+    ModelStatusResult,
     ReloadParams,
     Segment,
     StatusResult,
@@ -27,6 +31,9 @@ class FakeEngine:
         self.preload_gate = threading.Event()  # preload blocks until set
         self.preload_gate.set()
         self.preloading = threading.Event()
+        self.download_gate = threading.Event()  # download_model blocks until set (or cancelled)
+        self.download_gate.set()
+        self.downloading = threading.Event()
         self.calls: list[str] = []
         self.closed = False
 
@@ -65,6 +72,44 @@ class FakeEngine:
     def unload(self, job: Job) -> StatusResult:
         self.calls.append("unload")
         return StatusResult("success", "Model unloaded")
+
+    def model_status(self, params: ModelStatusParams) -> ModelStatusResult:
+        self.calls.append("model_status")
+        return ModelStatusResult(
+            present=False,
+            path=None,
+            source=None,
+            model_id=params.model_id or "microsoft/VibeVoice-ASR-HF",
+            revision=None,
+            commit=None,
+            bytes_on_disk=0,
+            partial_bytes=0,
+            download_bytes=None,
+            remaining_bytes=None,
+            missing=None,
+            target_dir="/models/fake",
+            free_bytes=None,
+        )
+
+    def download_model(self, params: DownloadParams, job: Job) -> DownloadResult:
+        """Blocks on ``download_gate`` like a long download (cancel ends the wait)."""
+        self.calls.append("download")
+        self.downloading.set()
+        job.report("downloading", 0.0, "fake download")
+        while not self.download_gate.wait(0.01):
+            job.check_cancelled()
+        return DownloadResult(
+            status="success",
+            path="/models/fake",
+            model_id="microsoft/VibeVoice-ASR-HF",
+            revision="main",
+            commit="0" * 40,
+            bytes_total=1,
+            bytes_downloaded=1,
+            files=1,
+            seconds=0.0,
+            message="downloaded",
+        )
 
     def preload(self, job: Job) -> None:
         self.calls.append("preload")

@@ -73,6 +73,27 @@ def test_progress_without_a_console_prints_one_line_per_stage():
     assert out.getvalue() == "loading_audio: decoding audio\nencoding: encoding\n"
 
 
+def test_a_download_without_a_console_also_prints_its_progress_now_and_then():
+    """``every``: a long stage (a 17 GB download) still shows it moves; the bar for a terminal is
+    the same legacy-console-safe one as transcribe's (no ANSI escapes)."""
+    out = io.StringIO()
+    bar = commands._Bar(stream=out, every=0.0)  # every call is due
+    bar("progress", _progress("downloading", 0.25, "a.safetensors (1/2): 1 GB of 4 GB"))
+    bar("progress", _progress("downloading", 0.5, "a.safetensors (1/2): 2 GB of 4 GB"))
+    quiet = commands._Bar(stream=io.StringIO(), every=3600.0)
+    quiet("progress", _progress("downloading", 0.25, "1 GB of 4 GB"))
+    quiet("progress", _progress("downloading", 0.5, "2 GB of 4 GB"))  # not due yet
+    quiet("progress", _progress("downloading", 1.0, "4 GB of 4 GB"))  # the end always shows
+    assert out.getvalue().splitlines() == [
+        "downloading: a.safetensors (1/2): 1 GB of 4 GB",
+        "downloading: a.safetensors (1/2): 2 GB of 4 GB",
+    ]
+    assert quiet.stream.getvalue().splitlines() == [
+        "downloading: 1 GB of 4 GB",
+        "downloading: 4 GB of 4 GB",
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal (POSIX)")
 def test_output_to_a_console_goes_through_its_encoding():
     master, slave = os.openpty()  # a real terminal: os.isatty is true for it

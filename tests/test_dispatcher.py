@@ -265,6 +265,30 @@ def test_health_answers_while_a_job_runs(setup):
     wire.response(1)
 
 
+def test_model_status_is_answered_inline_while_a_download_runs_and_transcribe_waits_for_it(setup):
+    """download_model is queued model work: a transcribe behind it says what it waits for, and
+    model_status is answered on the reader thread meanwhile (from the engine, not the queue)."""
+    d, engine, wire = setup
+    engine.download_gate.clear()
+    send(d, {"jsonrpc": "2.0", "id": "dl", "method": "download_model", "params": {}})
+    assert engine.downloading.wait(5)
+    transcribe(d, "t")
+    waiting = wire.wait_for(lambda m: m.get("method") == "progress" and m["params"]["id"] == "t")[
+        "params"
+    ]
+    assert (waiting["stage"], waiting["message"]) == (
+        "queued",
+        "waiting for the model download to finish",
+    )
+    send(d, {"jsonrpc": "2.0", "id": "s", "method": "model_status", "params": {}})
+    assert wire.response("s")["result"]["present"] is False
+    assert "dl" not in [m.get("id") for m in wire.responses()]  # the download still runs
+    engine.download_gate.set()
+    assert wire.response("dl")["result"]["path"] == "/models/fake"
+    assert wire.response("t")["result"]["status"] == "success"
+    assert engine.calls == ["download", "model_status", "a.wav"]
+
+
 def test_cancel_queued_job_answers_at_once(setup):
     d, engine, wire = setup
     engine.gate.clear()

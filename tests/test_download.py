@@ -321,7 +321,8 @@ def test_cli_download_shows_progress_on_stderr_and_prints_the_path(
 
 
 def test_model_status_sees_a_checkpoint_copied_by_hand(tiny_model: Path, tmp_path: Path) -> None:
-    from vibevoice_rpc.download import ModelStatusParams, model_status
+    from vibevoice_rpc.download import model_status
+    from vibevoice_rpc.messages import ModelStatusParams
 
     st = model_status(ModelStatusParams(target_dir=str(tiny_model)), None, offline=True)
     assert st.present is True and st.source == "directory" and st.path == str(tiny_model)

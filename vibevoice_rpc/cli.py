@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) 
 
         return run_transcribe(config, args, proto_fd, runtime=runtime)
     if command == "download":
-        from .download import run_cli
+        from .commands import run_download
 
-        return run_cli(config, args, proto_fd)
+        return run_download(config, args, proto_fd)
     if command == "selftest":
         from .commands import run_selftest
 

@@ -1,6 +1,6 @@
-"""Commands for people at a terminal: ``transcribe FILE`` and ``selftest``.
+"""Commands for people at a terminal: ``transcribe FILE``, ``selftest`` and ``download``.
 
-Both run the same engine as the server, in process. Output meant for the user goes to the protocol fd
+They run the same engine (and the same download) as the server, in process. Output meant for the user goes to the protocol fd
 (the real stdout); progress bars and logs go to stderr.
 """
 
@@ -51,12 +51,21 @@ class _Bar:
     FIXED = 54  # stage, bar and percentage; the message gets the rest of the line
 
     def __init__(
-        self, enabled: bool = True, stream: TextIO | None = None, columns: int | None = None
+        self,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        columns: int | None = None,
+        *,
+        every: float | None = None,
     ) -> None:
+        """``every``: without a terminal, also write a line every that many seconds (a long
+        download), not only when the stage changes."""
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled and self.stream.isatty()
         self.columns = columns or shutil.get_terminal_size((80, 24)).columns
         self.stage = ""
+        self.every = every
+        self._last = 0.0
         self._shown = 0  # characters of the bar line now on screen
 
     def _redraw(self, text: str, end: str = "") -> None:
@@ -76,14 +85,20 @@ class _Bar:
                     f"{params.progress:5.0%} {params.message[:room]}"
                 )
                 self._redraw(line[: self.columns - 1].rstrip())
-            elif params.stage != self.stage:
+            elif params.stage != self.stage or self._due(params.progress):
                 self.stream.write(f"{params.stage}: {params.message}\n")
+                self._last = time.monotonic()
             self.stage = params.stage
         elif isinstance(params, SegmentParams) and self.enabled:
             seg = params.segment
             self._redraw(
                 f"{seg.speaker} [{seg.start_time:.1f}-{seg.end_time:.1f}] {seg.text}", "\n"
             )
+
+    def _due(self, progress: float) -> bool:
+        if self.every is None:
+            return False
+        return progress >= 1.0 or time.monotonic() - self._last >= self.every
 
     def done(self) -> None:
         if self.enabled and self._shown:
@@ -282,4 +297,31 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
         "selftest passed"
         + (" (tiny model: pipeline verified, transcript is noise)" if tiny else "")
     )
+    return 0
+
+
+def run_download(config: Config, args: argparse.Namespace, proto_fd: int) -> int:
+    """``vibevoice-rpc download [--model-id ID] [--revision REV] [--dir DIR]``: the checkpoint's
+    path on stdout, progress on stderr; Ctrl-C stops and keeps what was fetched."""
+    from .download import download_model, quiet_hub
+    from .messages import DownloadParams
+
+    quiet_hub()
+    params = DownloadParams(model_id=args.model_id, revision=args.revision, target_dir=args.dir)
+    bar = _Bar(every=2.0)
+    job = Job("cli", "download_model", params, None, bar)
+    try:
+        result = download_model(
+            params, job, configured_path=config.model_path, offline=config.offline
+        )
+    except KeyboardInterrupt:
+        bar.done()
+        sys.stderr.write("interrupted: run the same command again to resume\n")
+        return 130
+    except RpcError as err:
+        bar.done()
+        return _fail(err)
+    bar.done()
+    sys.stderr.write(f"{result.message}; set VIBEVOICE_MODEL_PATH={result.path} to use it\n")
+    _write_text(proto_fd, result.path + "\n")
     return 0

@@ -46,9 +46,13 @@ from .jsonrpc import (
 from .messages import (
     CancelParams,
     CancelResult,
+    DownloadParams,
+    DownloadResult,
     EmptyParams,
     EngineStatus,
     HealthResult,
+    ModelStatusParams,
+    ModelStatusResult,
     ReloadParams,
     StatusResult,
     TranscribeParams,
@@ -70,6 +74,8 @@ class Engine(Protocol):
     def reload(self, params: ReloadParams, job: Job) -> StatusResult: ...
     def unload(self, job: Job) -> StatusResult: ...
     def preload(self, job: Job) -> None: ...
+    def model_status(self, params: ModelStatusParams) -> ModelStatusResult: ...
+    def download_model(self, params: DownloadParams, job: Job) -> DownloadResult: ...
     def close(self) -> None: ...
 
 
@@ -192,10 +198,17 @@ class Dispatcher:
             ),
             "reload_model": _Method(ReloadParams, self.engine.reload, True),
             "unload_model": _Method(EmptyParams, lambda _p, job: self.engine.unload(job), True),
+            "model_status": _Method(
+                ModelStatusParams, lambda params, _reply: self.engine.model_status(params), False
+            ),
+            "download_model": _Method(
+                DownloadParams,
+                self.engine.download_model,
+                True,
+                result_matters=True,
+                waiting=("queued", "waiting for the model download to finish"),
+            ),
         }
-        from .download import register
-
-        register(self._methods, _Method, self.engine)
         # Work the server queues itself (not callable by clients).
         self._internal: dict[str, _Method] = {
             "preload": _Method(

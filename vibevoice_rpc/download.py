@@ -1,4 +1,4 @@
-"""The model over the protocol: ``model_status`` and a resumable ``download_model``.
+"""The checkpoint on disk: what ``model_status`` reports, and a resumable ``download_model``.
 
 A checkpoint is downloaded into a plain directory (``target_dir``; default ``VIBEVOICE_MODEL_PATH``,
 else ``<HF_HOME>/vibevoice-rpc/<org>--<name>``), one file after another, through huggingface_hub's own
@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from .config import DEFAULT_MODEL_ID
 from .errors import DownloadFailed, InvalidParams, RequestCancelled
+from .messages import DownloadParams, DownloadResult, ModelStatusParams, ModelStatusResult
 from .model_source import default_download_dir
 
 if TYPE_CHECKING:
@@ -45,13 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_PATTERNS",
-    "DownloadParams",
-    "DownloadResult",
-    "ModelStatusParams",
-    "ModelStatusResult",
     "default_download_dir",
     "download_model",
     "model_status",
+    "preimport_hub",
+    "quiet_hub",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,52 +69,6 @@ CHUNK = 256 * 1024  # bytes per read: cancel is checked at least this often
 FREE_MARGIN = 64 * 2**20  # kept free on the disk beyond the bytes still to fetch
 _RETRIES = 3  # a broken transfer is resumed with Range this many times (after no progress)
 _SPEED_WINDOW = 5.0  # seconds of samples behind the reported speed
-
-
-# --- params and results ---------------------------------------------------------------------
-
-
-class DownloadParams(msgspec.Struct, frozen=True):
-    model_id: str | None = None
-    revision: str | None = None
-    target_dir: str | None = None
-
-
-class ModelStatusParams(msgspec.Struct, frozen=True):
-    model_id: str | None = None
-    revision: str | None = None
-    target_dir: str | None = None
-
-
-class DownloadResult(msgspec.Struct):
-    status: str
-    path: str
-    model_id: str
-    revision: str
-    commit: str
-    bytes_total: int
-    bytes_downloaded: int  # fetched by this call (0 when everything was already there)
-    files: int
-    seconds: float
-    message: str
-
-
-class ModelStatusResult(msgspec.Struct):
-    present: bool  # a usable checkpoint (config.json + safetensors) is on disk
-    path: str | None  # where it is (or where a download will go)
-    source: str | None  # "directory" (a checkpoint folder), "hf_cache", or null
-    model_id: str
-    revision: str | None
-    commit: str | None
-    bytes_on_disk: int  # complete files of the checkpoint (+ partial bytes below)
-    partial_bytes: int  # fetched so far into unfinished files (a resumed download keeps them)
-    download_bytes: int | None  # the whole checkpoint, when a listing is known
-    remaining_bytes: int | None
-    missing: list[str] | None  # files not yet complete, when a listing is known
-    target_dir: str
-    free_bytes: int | None  # free space at target_dir (or its nearest existing parent)
-    downloading: dict[str, Any] | None = None
-    message: str = ""
 
 
 # --- where ----------------------------------------------------------------------------------
@@ -903,49 +854,12 @@ def _disk_error(exc: OSError, where: Path, need: int) -> DownloadFailed:
     )
 
 
-# --- the protocol's side --------------------------------------------------------------------
+# --- huggingface_hub ------------------------------------------------------------------------
 
 
-def register(methods: dict[str, Any], method: Callable[..., Any], engine: Any) -> None:
-    """Add ``model_status`` (answered inline, from the disk) and ``download_model`` (queued on the
-    worker like model work: a ``transcribe`` sent during a download waits for it) to a dispatcher's
-    method table. After a download the engine loads from the downloaded folder."""
-
-    def configured() -> str | None:
-        path = getattr(engine, "model_path", None)
-        if path is None:
-            config = getattr(engine, "config", None)
-            path = getattr(config, "model_path", None)
-        return path
-
-    def offline() -> bool:
-        return bool(getattr(getattr(engine, "config", None), "offline", False))
-
-    def status(params: ModelStatusParams, _reply: Any) -> ModelStatusResult:
-        return model_status(params, configured(), offline=offline())
-
-    def download(params: DownloadParams, job: Job) -> DownloadResult:
-        _quiet_hub()
-        result = download_model(params, job, configured_path=configured(), offline=offline())
-        use = getattr(engine, "use_model_path", None)
-        if use is not None and (params.model_id or DEFAULT_MODEL_ID) == DEFAULT_MODEL_ID:
-            use(result.path)
-        return result
-
-    methods["model_status"] = method(ModelStatusParams, status, False)
-    methods["download_model"] = method(
-        DownloadParams,
-        download,
-        True,
-        result_matters=True,
-        waiting=("queued", "waiting for the model download to finish"),
-    )
-    # model_status is answered on the reader thread: import huggingface_hub (~0.2 s, once) in the
-    # background now (after ready), not in the first model_status.
-    threading.Thread(target=_preimport, name="vibevoice-hub-import", daemon=True).start()
-
-
-def _preimport() -> None:
+def preimport_hub() -> None:
+    """Import huggingface_hub (~0.2 s, once): on a background thread after ``ready``, so the first
+    ``model_status`` (answered on the reader thread) does not pay for it."""
     try:
         import huggingface_hub  # noqa: F401
         from huggingface_hub import constants, snapshot_download  # noqa: F401
@@ -953,91 +867,8 @@ def _preimport() -> None:
         log.debug("importing huggingface_hub failed", exc_info=True)
 
 
-def _quiet_hub() -> None:
-    """No tqdm bars from huggingface_hub in server mode (they would go to stderr at best)."""
+def quiet_hub() -> None:
+    """No tqdm bars from huggingface_hub (they would go to stderr at best)."""
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
-
-
-# --- the command line -----------------------------------------------------------------------
-
-
-class _Bar:
-    """``vibevoice-rpc download``'s progress on stderr: one redrawn line on a terminal, else a
-    line every ~2 s."""
-
-    def __init__(self) -> None:
-        import sys
-
-        self.err = sys.stderr
-        self.tty = self.err.isatty()
-        self.last = 0.0
-
-    def __call__(self, method: str, params: Any) -> None:
-        if method != "progress":
-            return
-        now = time.monotonic()
-        d = params.download if isinstance(params.download, dict) else None
-        if d is None:
-            self.err.write(f"{params.stage}: {params.message}\n")
-            return
-        width = 30
-        filled = int(params.progress * width)
-        speed = f"{d['speed_bps'] / 1e6:6.1f} MB/s" if d["speed_bps"] else "           "
-        eta = f"ETA {_clock(d['eta_s'])}" if d["eta_s"] is not None else ""
-        line = (
-            f"downloading [{'#' * filled}{'.' * (width - filled)}] {params.progress:4.0%} "
-            f"{_gb(d['bytes_done'])} / {_gb(d['bytes_total'])} {speed} {eta} {d['file'][:36]}"
-        )
-        if self.tty:
-            self.err.write("\r\x1b[K" + line)
-            self.err.flush()
-        elif now - self.last >= 2.0 or params.progress >= 1.0:
-            self.err.write(line + "\n")
-            self.last = now
-
-    def done(self) -> None:
-        if self.tty:
-            self.err.write("\n")
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-    )
-
-
-def run_cli(config: Any, args: Any, proto_fd: int) -> int:
-    """``vibevoice-rpc download [--model-id ID] [--revision REV] [--dir DIR]``: the checkpoint's
-    path on stdout, progress on stderr; Ctrl-C stops and keeps what was fetched."""
-    import sys
-
-    from .errors import RpcError
-    from .job import Job
-
-    _quiet_hub()
-    params = DownloadParams(model_id=args.model_id, revision=args.revision, target_dir=args.dir)
-    bar = _Bar()
-    job = Job("cli", "download_model", params, None, bar)
-    try:
-        result = download_model(
-            params, job, configured_path=config.model_path, offline=config.offline
-        )
-    except KeyboardInterrupt:
-        bar.done()
-        sys.stderr.write("interrupted: run the same command again to resume\n")
-        return 130
-    except RpcError as err:
-        bar.done()
-        sys.stderr.write(f"error [{err.code} {err.kind}]: {err.message}\n")
-        if err.hint:
-            sys.stderr.write(f"hint: {err.hint}\n")
-        return 1
-    bar.done()
-    sys.stderr.write(f"{result.message}; set VIBEVOICE_MODEL_PATH={result.path} to use it\n")
-    data = (result.path + "\n").encode()
-    while data:
-        data = data[os.write(proto_fd, data) :]
-    return 0

@@ -31,7 +31,11 @@ from .errors import (
 )
 from .gpu import GpuProbe, cap_process_memory, torch_import_error
 from .messages import (
+    DownloadParams,
+    DownloadResult,
     EngineStatus,
+    ModelStatusParams,
+    ModelStatusResult,
     ReloadParams,
     StatusResult,
     TranscribeParams,
@@ -118,9 +122,13 @@ class Engine:
 
     def warm_up(self) -> None:
         """Probe the GPU through NVML and import torch, each on a background thread, so health can
-        report the GPU without a model and without waiting for either. The remote backend needs
+        report the GPU without a model and without waiting for either (and huggingface_hub, so
+        the first ``model_status`` does not wait for it). The remote backend needs
         no torch: it probes its server instead (torch is imported if the app switches to local)."""
         self.gpu.start()
+        from .download import preimport_hub
+
+        threading.Thread(target=preimport_hub, name="vibevoice-hub-import", daemon=True).start()
         if self._backend == "remote":
             self._client().refresh_in_background()
             return
@@ -224,17 +232,27 @@ class Engine:
             plan=loaded.plan if loaded else None,
         )
 
-    # --- the checkpoint's folder (download_model) ---------------------------------------------
+    # --- the checkpoint on disk (model_status, download_model) -------------------------------
 
-    @property
-    def model_path(self) -> str | None:
-        """The configured checkpoint folder (None: the default download folder or the HF cache)."""
-        return self._model_path
+    def model_status(self, params: ModelStatusParams) -> ModelStatusResult:
+        """What is on disk and what a download would fetch; from the disk alone, at once (the
+        reader thread answers it)."""
+        from .download import model_status
 
-    def use_model_path(self, path: str) -> None:
-        """Load from ``path`` from now on (after ``download_model``); a loaded model keeps serving
-        until the next load."""
-        self._model_path = path
+        return model_status(params, self._model_path, offline=self.config.offline)
+
+    def download_model(self, params: DownloadParams, job: Job) -> DownloadResult:
+        """Download (or finish downloading) the checkpoint. The default model's folder is where
+        the next load reads from; a loaded model keeps serving until then."""
+        from .download import download_model, quiet_hub
+
+        quiet_hub()
+        result = download_model(
+            params, job, configured_path=self._model_path, offline=self.config.offline
+        )
+        if (params.model_id or DEFAULT_MODEL_ID) == DEFAULT_MODEL_ID:
+            self._model_path = result.path
+        return result
 
     # --- loading ----------------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ __all__ = [
     "StatusResult",
     "CancelResult",
     "HealthResult",
+    "DownloadParams",
+    "DownloadResult",
+    "ModelStatusParams",
+    "ModelStatusResult",
     "GpuFacts",
     "EngineStatus",
     "ReadyParams",
@@ -214,6 +218,52 @@ class HealthResult(msgspec.Struct):
     gpu_name: str | None = None
     gpu_driver: str | None = None
     log_lines_dropped: int = 0  # stderr lines dropped because stderr was full (nobody read it)
+
+
+# --- model_status / download_model ----------------------------------------------------------
+
+
+class DownloadParams(msgspec.Struct, frozen=True):
+    model_id: str | None = None
+    revision: str | None = None
+    target_dir: str | None = None
+
+
+class ModelStatusParams(msgspec.Struct, frozen=True):
+    model_id: str | None = None
+    revision: str | None = None
+    target_dir: str | None = None
+
+
+class DownloadResult(msgspec.Struct):
+    status: str
+    path: str
+    model_id: str
+    revision: str
+    commit: str
+    bytes_total: int
+    bytes_downloaded: int  # fetched by this call (0 when everything was already there)
+    files: int
+    seconds: float
+    message: str
+
+
+class ModelStatusResult(msgspec.Struct):
+    present: bool  # a usable checkpoint (config.json + safetensors) is on disk
+    path: str | None  # where it is (or where a download will go)
+    source: str | None  # "directory" (a checkpoint folder), "hf_cache", or null
+    model_id: str
+    revision: str | None
+    commit: str | None
+    bytes_on_disk: int  # complete files of the checkpoint (+ partial bytes below)
+    partial_bytes: int  # fetched so far into unfinished files (a resumed download keeps them)
+    download_bytes: int | None  # the whole checkpoint, when a listing is known
+    remaining_bytes: int | None
+    missing: list[str] | None  # files not yet complete, when a listing is known
+    target_dir: str
+    free_bytes: int | None  # free space at target_dir (or its nearest existing parent)
+    downloading: dict[str, Any] | None = None
+    message: str = ""
 
 
 # --- notifications --------------------------------------------------------------------------
