@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vibevoice_rpc import audio as audio_mod  # noqa: E402
+from vibevoice_rpc import audio_pyav  # noqa: E402
 from vibevoice_rpc.audio import find_ffmpeg, load_audio  # noqa: E402
 
 TEXT_A = (
@@ -148,9 +148,9 @@ def time_load(path: Path, threads: str | None, program: bool = False) -> float:
     old = os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
     if threads:
         os.environ["VIBEVOICE_AUDIO_THREADS"] = threads
-    real_import_av = audio_mod._import_av
+    real_import_av = audio_pyav.import_av
     if program:
-        audio_mod._import_av = lambda: None
+        audio_pyav.import_av = lambda: None
     try:
         c0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -161,7 +161,7 @@ def time_load(path: Path, threads: str | None, program: bool = False) -> float:
             CPU["ours"].append(_cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - c0)
         return took
     finally:
-        audio_mod._import_av = real_import_av
+        audio_pyav.import_av = real_import_av
         os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
         if old is not None:
             os.environ["VIBEVOICE_AUDIO_THREADS"] = old

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vibevoice_rpc import audio
+from vibevoice_rpc import audio, audio_ffmpeg, audio_paths, audio_pyav, audio_sink, audio_soundfile
 from vibevoice_rpc.audio import (
     TARGET_RATE,
     DecodedAudio,
@@ -42,7 +42,7 @@ def _clean_env(monkeypatch):
 @pytest.fixture
 def no_pyav(monkeypatch):
     """As if PyAV were not installed: what the ffmpeg program's fallback path is for."""
-    monkeypatch.setattr(audio, "_import_av", lambda: None)
+    monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def no_ffmpeg_program(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError(f"a process was started: {args}")
 
-    monkeypatch.setattr(audio.subprocess, "Popen", refuse)
+    monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", refuse)
 
 
 def tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1, amp: float = 0.5):
@@ -232,18 +232,18 @@ def test_silence_is_not_an_error(tmp_path):
 @pytest.fixture
 def parallel(monkeypatch):
     """Split even short files into parts, so the parallel path runs in a fast test."""
-    monkeypatch.setattr(audio, "_PARALLEL_MIN_SECONDS", 2.0)
-    monkeypatch.setattr(audio, "_PART_MIN_SECONDS", 2.0)
-    monkeypatch.setattr(audio, "_OVERLAP_SECONDS", 0.5)
+    monkeypatch.setattr(audio_soundfile, "_PARALLEL_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio_soundfile, "_PART_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio_soundfile, "_OVERLAP_SECONDS", 0.5)
     calls = []
-    real = audio._decode_parts
+    real = audio_soundfile._decode_parts
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(audio, "_decode_parts", spy)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", spy)
     return calls
 
 
@@ -279,8 +279,8 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
     path = tmp_path / "p.flac"
     sf.write(path, speechlike(16000, 8.0), 16000)
     monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")
-    monkeypatch.setattr(audio, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
+    monkeypatch.setattr(audio_soundfile, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_soundfile"):
         a = load_audio(path)
     assert parallel == [False]
     assert "one pass" in caplog.text
@@ -357,11 +357,11 @@ def test_name_starting_with_dash_is_not_an_ffmpeg_option(no_pyav, tmp_path, monk
 
 def test_windows_long_paths_get_the_extended_prefix():
     long = "C:\\" + "\\".join(["ordner"] * 40) + "\\memo.opus"
-    assert audio._win_long_path(long) == "\\\\?\\" + long
+    assert audio_paths._win_long_path(long) == "\\\\?\\" + long
     share = "\\\\server\\share\\" + "x" * 300
-    assert audio._win_long_path(share) == "\\\\?\\UNC\\server\\share\\" + "x" * 300
-    assert audio._win_long_path("C:\\short.wav") == "C:\\short.wav"
-    assert audio._win_long_path("\\\\?\\" + long) == "\\\\?\\" + long
+    assert audio_paths._win_long_path(share) == "\\\\?\\UNC\\server\\share\\" + "x" * 300
+    assert audio_paths._win_long_path("C:\\short.wav") == "C:\\short.wav"
+    assert audio_paths._win_long_path("\\\\?\\" + long) == "\\\\?\\" + long
 
 
 # --- the bad-file corpus --------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_unreadable_file(tmp_path):
 def test_permission_denied_when_access_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "locked.wav"
     sf.write(path, tone(16000, 0.1), 16000)
-    monkeypatch.setattr(audio.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(audio_paths.os, "access", lambda *a, **k: False)
     assert _error(AudioFileError, path).kind == "permission_denied"
 
 
@@ -517,9 +517,9 @@ def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(no_pyav, tmp_path, monkey
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
 
     def refuse(*args, **kwargs):
-        raise audio._NotDecoded("Format not recognised.")
+        raise audio_sink.NotDecoded("Format not recognised.")
 
-    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    monkeypatch.setattr(audio_soundfile, "decode_soundfile", refuse)
     a = load_audio(path)
     assert (a.decoder, a.source_rate, a.source_channels) == ("ffmpeg", 44100, 2)
     assert len(a.samples) == 36000
@@ -555,7 +555,7 @@ def test_too_long_is_refused_from_the_header(tmp_path, monkeypatch):
     path = tmp_path / "long.wav"
     sf.write(path, np.zeros(16000 * 5, np.int16), 16000)
     # checked before decoding: reading would fail the test
-    monkeypatch.setattr(audio, "_Pipeline", None)
+    monkeypatch.setattr(audio_soundfile, "Pipeline", None)
     err = _error(AudioTooLong, path, max_seconds=2.0)
     assert (err.kind, err.code) == ("too_long", -32003)
     assert (err.data["duration"], err.data["limit"]) == (5.0, 2.0)
@@ -615,13 +615,13 @@ def test_cancel_kills_ffmpeg(no_pyav, tmp_path, monkeypatch):
     sf.write(src, speechlike(16000, 30.0), 16000)
     m4a = write_m4a(src, tmp_path / "c.m4a")
     procs = []
-    real_popen = audio.subprocess.Popen
+    real_popen = audio_ffmpeg.subprocess.Popen
 
     def spy(*args, **kwargs):
         procs.append(real_popen(*args, **kwargs))
         return procs[-1]
 
-    monkeypatch.setattr(audio.subprocess, "Popen", spy)
+    monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", spy)
 
     def check_cancel():
         raise TimeoutError("stop")
@@ -653,7 +653,7 @@ def test_find_ffmpeg_prefers_the_environment(tmp_path, monkeypatch):
 def test_find_ffmpeg_ignores_a_wrong_environment_value(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "missing"))
     monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_ffmpeg"):
         assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
     assert "VIBEVOICE_FFMPEG" in caplog.text
 
@@ -724,7 +724,7 @@ def test_pyav_gives_the_ffmpeg_programs_samples_on_m4a(tmp_path, monkeypatch):
     sf.write(src, speechlike(44100, 3.0, 2), 44100)
     m4a = write_m4a(src, tmp_path / "memo.m4a")
     ours = load_audio(m4a)
-    monkeypatch.setattr(audio, "_import_av", lambda: None)
+    monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
     theirs = load_audio(m4a)
     assert (ours.decoder, theirs.decoder) == ("pyav", "ffmpeg")
     assert len(ours.samples) == len(theirs.samples)  # edit list / priming handled alike
@@ -756,9 +756,9 @@ def test_wav_falls_back_to_pyav_when_soundfile_fails(no_ffmpeg_program, tmp_path
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
 
     def refuse(*args, **kwargs):
-        raise audio._NotDecoded("Format not recognised.")
+        raise audio_sink.NotDecoded("Format not recognised.")
 
-    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    monkeypatch.setattr(audio_soundfile, "decode_soundfile", refuse)
     a = load_audio(path)
     assert (a.decoder, a.source_rate, a.source_channels) == ("pyav", 44100, 2)
     assert len(a.samples) == 36000
@@ -824,17 +824,17 @@ def test_too_long_is_caught_while_pyav_decodes_and_memory_stays_within_the_limit
     no_ffmpeg_program, tmp_path, monkeypatch
 ):
     path = write_with_pyav(tmp_path / "long.m4a", speechlike(16000, 30.0), 16000, "aac")
-    monkeypatch.setattr(audio, "_declared_seconds", lambda *a: None)  # as if nothing declared
+    monkeypatch.setattr(audio_pyav, "_declared_seconds", lambda *a: None)  # as if nothing declared
     sizes = []
-    real_append = audio._Sink.append
+    real_append = audio_sink._Sink.append
 
     def spy(self, y):
         real_append(self, y)
         sizes.append(len(self.buf))
 
-    monkeypatch.setattr(audio._Sink, "append", spy)
+    monkeypatch.setattr(audio_sink._Sink, "append", spy)
     err = _error(AudioTooLong, path, max_seconds=12.0)
-    assert 12.0 < err.data["duration"] <= 12.0 + audio._PYAV_BLOCK_SECONDS + 0.1  # + a frame
+    assert 12.0 < err.data["duration"] <= 12.0 + audio_pyav._PYAV_BLOCK_SECONDS + 0.1  # + a frame
     assert "decoding stopped" in err.message
     assert sizes and max(sizes) <= 12 * TARGET_RATE + 64  # never more than the limit's output
 
@@ -848,7 +848,8 @@ def test_pyav_not_installed_leaves_m4a_to_the_ffmpeg_program(no_pyav, tmp_path):
 
 def test_pyav_import_does_not_print(tmp_path):
     code = (
-        "import vibevoice_rpc.audio as a, sys; assert a._import_av() is not None; "
+        "import vibevoice_rpc.audio, vibevoice_rpc.audio_pyav as a, sys; "
+        "assert a.import_av() is not None; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -868,9 +869,10 @@ def test_hours_of_silence_in_a_small_file_are_refused_before_decoding(
     cmd += ["anullsrc=r=8000:cl=mono", "-t", "3600", "-c:a", "flac", str(path)]
     subprocess.run(cmd, check=True, timeout=60)
     assert path.stat().st_size < 2_000_000  # an hour in well under 2 MB
-    monkeypatch.setattr(audio, "_Pipeline", None)  # decoding would fail the test
+    for decoder in (audio_pyav, audio_ffmpeg):  # decoding would fail the test
+        monkeypatch.setattr(decoder, "Pipeline", None)
     if decoder == "ffmpeg":  # PyAV only reads the header; the ffmpeg program is never started
-        monkeypatch.setattr(audio.subprocess, "Popen", None)
+        monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", None)
     err = _error(AudioTooLong, path, max_seconds=600.0)
     assert (err.data["duration"], err.data["limit"]) == (3600.0, 600.0)
     assert "it lasts 3600.0 s" in err.message
@@ -881,22 +883,22 @@ def test_ffmpeg_program_path_keeps_memory_within_the_limit(no_pyav, tmp_path, mo
     src = tmp_path / "src.wav"
     sf.write(src, speechlike(16000, 30.0), 16000)
     path = write_m4a(src, tmp_path / "long.m4a")
-    monkeypatch.setattr(audio, "_BLOCK_SECONDS", 1.0)
+    monkeypatch.setattr(audio_ffmpeg, "_BLOCK_SECONDS", 1.0)
     sizes = []
-    real_append = audio._Sink.append
+    real_append = audio_sink._Sink.append
 
     def spy(self, y):
         real_append(self, y)
         sizes.append(len(self.buf))
 
-    monkeypatch.setattr(audio._Sink, "append", spy)
+    monkeypatch.setattr(audio_sink._Sink, "append", spy)
     err = _error(AudioTooLong, path, max_seconds=12.0)
     assert 12.0 < err.data["duration"] <= 13.1
     assert max(sizes) <= 12 * TARGET_RATE + 64
 
 
 def test_sink_never_grows_past_its_cap():
-    sink = audio._Sink(10, cap=1000)
+    sink = audio_sink._Sink(10, cap=1000)
     for _ in range(99):
         sink.append(np.ones(10, np.float32))
     assert len(sink.buf) <= 1000
@@ -931,7 +933,7 @@ def test_streamed_flac_without_a_length_decodes(piped_flac):
 def test_streamed_flac_limit_is_enforced_while_decoding(piped_flac):
     err = _error(AudioTooLong, piped_flac, max_seconds=5.0)
     assert "decoding stopped" in err.message
-    assert 5.0 < err.data["duration"] <= 5.0 + audio._BLOCK_SECONDS
+    assert 5.0 < err.data["duration"] <= 5.0 + audio_pyav._PYAV_BLOCK_SECONDS + 0.1  # + a frame
 
 
 # --- a file that vanishes or shrinks as the parallel parts start (issue #14.4) -------------------
@@ -947,7 +949,7 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
     path = tmp_path / "long.wav"
     sf.write(path, speechlike(16000, 9.0), 16000, subtype="PCM_16")
     monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    spy = audio._decode_parts  # the `parallel` fixture's spy
+    spy = audio_soundfile._decode_parts  # the `parallel` fixture's spy
 
     def vanish_first(*args, **kwargs):
         if change == "delete":
@@ -960,7 +962,7 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
             os.replace(tmp, path)
         return spy(*args, **kwargs)
 
-    monkeypatch.setattr(audio, "_decode_parts", vanish_first)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", vanish_first)
     if kind is None:  # the open handle still reads the original: decoded from it, in one pass
         a = load_audio(path)
         assert a.duration == 9.0
@@ -977,14 +979,14 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
     path = tmp_path / "long.flac"
     sf.write(path, speechlike(16000, 9.0), 16000)
     monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    spy = audio._decode_parts
+    spy = audio_soundfile._decode_parts
 
     def truncate_first(*args, **kwargs):
         with open(path, "r+b") as fh:
             fh.truncate(path.stat().st_size // 3)
         return spy(*args, **kwargs)
 
-    monkeypatch.setattr(audio, "_decode_parts", truncate_first)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", truncate_first)
     a = load_audio(path)
     assert parallel == [False]
     assert 0.5 < a.duration < 6.0
