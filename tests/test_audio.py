@@ -22,6 +22,7 @@ from vibevoice_rpc.audio import (
     find_ffmpeg,
     load_audio,
 )
+from vibevoice_rpc.config import Config
 from vibevoice_rpc.errors import AudioDecodeError, AudioFileError, AudioTooLong
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,12 +34,6 @@ needs_ffmpeg = pytest.mark.skipif(
 SAMPLE = Path(audio.__file__).parent / "data" / "two_speakers.opus"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in ("VIBEVOICE_FFMPEG", "VIBEVOICE_MAX_AUDIO_SECONDS", "VIBEVOICE_AUDIO_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def no_pyav(monkeypatch):
     """As if PyAV were not installed: what the ffmpeg program's fallback path is for."""
@@ -48,7 +43,7 @@ def no_pyav(monkeypatch):
 @pytest.fixture
 def no_ffmpeg_program(monkeypatch, tmp_path):
     """No ffmpeg anywhere, and starting any process fails the test: decoding stays in process."""
-    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda configured=None: None)
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"a process was started: {args}")
@@ -261,11 +256,9 @@ def test_parallel_parts_join_seamlessly(
 ):
     path = tmp_path / name
     sf.write(path, speechlike(rate, 9.3, channels), rate, **kwargs)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    split = load_audio(path)
+    split = load_audio(path, threads=3)
     assert parallel == [True]
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "1")
-    whole = load_audio(path)
+    whole = load_audio(path, threads=1)
     assert parallel == [True]  # the single-thread run did not take the parallel path
     assert (
         len(split.samples) == len(whole.samples) == round(sf.info(str(path)).frames * 24000 / rate)
@@ -278,10 +271,9 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
 ):
     path = tmp_path / "p.flac"
     sf.write(path, speechlike(16000, 8.0), 16000)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")
     monkeypatch.setattr(audio_soundfile, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
     with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_soundfile"):
-        a = load_audio(path)
+        a = load_audio(path, threads=2)
     assert parallel == [False]
     assert "one pass" in caplog.text
     assert len(a.samples) == 8 * 24000
@@ -290,8 +282,7 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
 def test_mp3_never_takes_the_parallel_path(tmp_path, monkeypatch, parallel):
     path = tmp_path / "long.mp3"
     sf.write(path, speechlike(16000, 6.0), 16000, format="MP3")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    load_audio(path)
+    load_audio(path, threads=3)
     assert parallel == []
 
 
@@ -300,9 +291,8 @@ def test_nan_in_a_parallel_part_is_reported(tmp_path, monkeypatch, parallel):
     x[7 * 16000] = np.nan
     path = tmp_path / "nan.wav"
     sf.write(path, x, 16000, subtype="FLOAT")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
     with pytest.raises(AudioDecodeError) as err:
-        load_audio(path)
+        load_audio(path, threads=3)
     assert err.value.kind == "invalid_samples"
     assert err.value.data["at_seconds"] == 7.0
 
@@ -504,7 +494,7 @@ def test_video_without_audio_is_no_samples(tmp_path):
 def test_m4a_without_ffmpeg_says_how_to_get_it(no_pyav, tmp_path, monkeypatch):
     path = tmp_path / "memo.m4a"
     path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 200)
-    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda configured=None: None)
     err = _error(AudioDecodeError, path)
     assert err.kind == "unsupported_format"
     assert "VIBEVOICE_FFMPEG" in err.hint and "ffmpeg" in err.message
@@ -561,14 +551,47 @@ def test_too_long_is_refused_from_the_header(tmp_path, monkeypatch):
     assert (err.data["duration"], err.data["limit"]) == (5.0, 2.0)
 
 
-def test_limit_comes_from_the_environment(tmp_path, monkeypatch):
+def test_limit_comes_from_the_argument_and_defaults_to_the_configs(tmp_path):
     path = tmp_path / "long.wav"
     sf.write(path, np.zeros(16000 * 3, np.int16), 16000)
-    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "2.5")
-    assert _error(AudioTooLong, path).data["limit"] == 2.5
-    assert load_audio(path, max_seconds=3.0).duration == 3.0  # the argument wins
-    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "lots")
-    assert load_audio(path).duration == 3.0  # unparsable: the 4 h default
+    assert _error(AudioTooLong, path, max_seconds=2.5).data["limit"] == 2.5
+    assert load_audio(path, max_seconds=3.0).duration == 3.0
+    assert audio.DEFAULT_MAX_SECONDS == Config().max_audio_seconds == 4 * 3600.0
+    assert load_audio(path).duration == 3.0
+
+
+def test_load_audio_reads_no_environment_variable(tmp_path, monkeypatch, parallel):
+    """The settings come from config.Config (checked at start) through the arguments only."""
+    path = tmp_path / "p.flac"
+    sf.write(path, speechlike(16000, 8.0), 16000)
+    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "1")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "1")
+    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "no-such-ffmpeg"))
+    monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
+    assert load_audio(path, threads=2).duration == 8.0  # not refused at 1 s
+    assert parallel == [True]  # not one thread
+    assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
+
+
+@pytest.mark.parametrize(("threads", "parts"), [(1, None), (2, 2), (3, 3)])
+def test_the_threads_setting_reaches_the_decoder(tmp_path, parallel, caplog, threads, parts):
+    path = tmp_path / "p.wav"
+    sf.write(path, speechlike(16000, 9.3), 16000, subtype="PCM_16")
+    with caplog.at_level(logging.DEBUG, logger="vibevoice_rpc.audio_soundfile"):
+        assert load_audio(path, threads=threads).duration == 9.3
+    said = [r.getMessage() for r in caplog.records if "parallel parts" in r.getMessage()]
+    if parts is None:
+        assert (parallel, said) == ([], [])
+    else:
+        assert parallel == [True]
+        assert said == [f"decoding {path} in {parts} parallel parts (at most {threads} threads)"]
+
+
+def test_threads_below_one_are_refused(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(16000, 0.1), 16000)
+    with pytest.raises(ValueError, match="threads"):
+        load_audio(path, threads=0)
 
 
 @needs_ffmpeg
@@ -597,7 +620,6 @@ def test_cancel_stops_decoding(tmp_path):
 def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
     path = tmp_path / "c.opus"
     sf.write(path, speechlike(16000, 12.0), 16000, format="OGG", subtype="OPUS")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
 
     class Cancelled(Exception):
         pass
@@ -606,7 +628,7 @@ def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        load_audio(path, check_cancel=check_cancel)
+        load_audio(path, threads=3, check_cancel=check_cancel)
 
 
 @needs_ffmpeg
@@ -642,20 +664,52 @@ def _fake_exe(folder: Path, name: str = "ffmpeg") -> Path:
     return exe
 
 
-def test_find_ffmpeg_prefers_the_environment(tmp_path, monkeypatch):
+def test_find_ffmpeg_prefers_the_configured_program(tmp_path, monkeypatch):
     exe = _fake_exe(tmp_path / "bin")
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe))
-    assert find_ffmpeg() == str(exe)
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe.parent))  # a folder works too
-    assert find_ffmpeg() == str(exe)
+    monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
+    assert find_ffmpeg(str(exe)) == str(exe)
+    assert find_ffmpeg(str(exe.parent)) == str(exe)  # a folder works too
+    assert find_ffmpeg(str(exe) + " ") == str(exe)  # as config.py strips it
 
 
-def test_find_ffmpeg_ignores_a_wrong_environment_value(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "missing"))
+def test_find_ffmpeg_ignores_a_wrong_configured_value(tmp_path, monkeypatch, caplog):
+    # config.py refuses such a value at start; one that vanishes later is logged and skipped
     monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
     with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_ffmpeg"):
-        assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
-    assert "VIBEVOICE_FFMPEG" in caplog.text
+        assert find_ffmpeg(str(tmp_path / "missing")) == str(tmp_path / "onpath" / "ffmpeg")
+    assert "VIBEVOICE_FFMPEG" in caplog.text and "missing" in caplog.text
+
+
+def fake_ffmpeg(folder: Path, seconds: float = 0.5, value: float = 0.25) -> Path:
+    """A stand-in "ffmpeg" that ignores its arguments and streams ``seconds`` of ``value`` at
+    24 kHz as float32 WAV on stdout with unknown sizes, as the real one does into a pipe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "ffmpeg"
+    exe.write_text(
+        f"#!{sys.executable}\n"
+        "import struct, sys\n"
+        "fmt = struct.pack('<HHIIHH', 3, 1, 24000, 96000, 4, 32)\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'RIFF' + struct.pack('<I', 0xFFFFFFFF) + b'WAVE')\n"
+        "out.write(b'fmt ' + struct.pack('<I', len(fmt)) + fmt)\n"
+        "out.write(b'data' + struct.pack('<I', 0xFFFFFFFF))\n"
+        f"out.write(struct.pack('<f', {value}) * {round(24000 * seconds)})\n"
+    )
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in ffmpeg is a script with a #! line")
+def test_the_configured_ffmpeg_program_is_the_one_decoding(no_pyav, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no other ffmpeg to be found
+    path = tmp_path / "memo.m4a"
+    path.write_bytes(b"nothing a real decoder reads\n" * 20)
+    exe = fake_ffmpeg(tmp_path / "tools")
+    for configured in (exe, exe.parent):
+        a = load_audio(path, ffmpeg=str(configured))
+        assert (a.decoder, a.duration, a.warnings) == ("ffmpeg", 0.5, [])
+        assert np.all(a.samples == np.float32(0.25))
+    assert _error(AudioDecodeError, path).kind == "unsupported_format"  # none without it
 
 
 def test_find_ffmpeg_looks_next_to_the_frozen_executable(tmp_path, monkeypatch):
@@ -948,7 +1002,6 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
 ):
     path = tmp_path / "long.wav"
     sf.write(path, speechlike(16000, 9.0), 16000, subtype="PCM_16")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
     spy = audio_soundfile._decode_parts  # the `parallel` fixture's spy
 
     def vanish_first(*args, **kwargs):
@@ -964,11 +1017,11 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
 
     monkeypatch.setattr(audio_soundfile, "_decode_parts", vanish_first)
     if kind is None:  # the open handle still reads the original: decoded from it, in one pass
-        a = load_audio(path)
+        a = load_audio(path, threads=3)
         assert a.duration == 9.0
         assert parallel == [False]
         return
-    err = _error(AudioFileError, path)
+    err = _error(AudioFileError, path, threads=3)
     assert (err.kind, err.code) == (kind, -32001)
     assert parallel == [False]
 
@@ -978,7 +1031,6 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
 ):
     path = tmp_path / "long.flac"
     sf.write(path, speechlike(16000, 9.0), 16000)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
     spy = audio_soundfile._decode_parts
 
     def truncate_first(*args, **kwargs):
@@ -987,7 +1039,7 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
         return spy(*args, **kwargs)
 
     monkeypatch.setattr(audio_soundfile, "_decode_parts", truncate_first)
-    a = load_audio(path)
+    a = load_audio(path, threads=3)
     assert parallel == [False]
     assert 0.5 < a.duration < 6.0
     assert any("truncated" in w for w in a.warnings)
@@ -997,11 +1049,10 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3])
-def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, monkeypatch, rate):
+def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, rate):
     path = tmp_path / f"{rate}hz.wav"
     sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 40 * rate)[: 70 * rate], rate)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")  # would take the parallel path otherwise
-    a = load_audio(path)
+    a = load_audio(path, threads=2)  # would take the parallel path otherwise
     assert_model_ready(a)
     assert a.duration == 70.0
 
@@ -1028,8 +1079,7 @@ def test_huge_samples_in_a_parallel_part_are_scaled_too(tmp_path, monkeypatch, p
     x[5 * 16000 : 5 * 16000 + 100] = 3e38
     path = tmp_path / "loud.wav"
     sf.write(path, x, 16000, subtype="FLOAT")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    a = load_audio(path)
+    a = load_audio(path, threads=3)
     assert_model_ready(a)
     assert a.duration == 8.0 and a.warnings
 

@@ -31,6 +31,7 @@ from . import audio_ffmpeg, audio_pyav, audio_soundfile
 from .audio_ffmpeg import find_ffmpeg
 from .audio_paths import PathArg, check_file, resolve_path
 from .audio_sink import HUGE_SCALE, TARGET_RATE, DecodedAudio, Huge, NotDecoded
+from .config import DEFAULT_MAX_AUDIO_SECONDS
 from .errors import AudioDecodeError
 
 __all__ = [
@@ -43,7 +44,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SECONDS = 4 * 3600.0
+DEFAULT_MAX_SECONDS = DEFAULT_MAX_AUDIO_SECONDS  # 4 h
+
 # Names libsndfile cannot decode (or decodes wrongly): straight to ffmpeg.
 _FFMPEG_FIRST_EXTS = frozenset(
     ".m4a .m4b .m4r .mp4 .m4v .aac .adts .webm .mkv .mka .wma .wmv .asf .mov .avi .amr .3gp .3g2 "
@@ -54,31 +56,23 @@ _SOUNDFILE_EXTS = frozenset(
 )
 
 
-def _env_limit() -> float:
-    raw = os.environ.get("VIBEVOICE_MAX_AUDIO_SECONDS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        log.warning("ignoring VIBEVOICE_MAX_AUDIO_SECONDS=%r (not a positive number)", raw)
-        return DEFAULT_MAX_SECONDS
-    return value
-
-
 def load_audio(
     path: PathArg,
     *,
     max_seconds: float | None = None,
+    threads: int | None = None,
+    ffmpeg: str | None = None,
     check_cancel: Callable[[], None] | None = None,
 ) -> DecodedAudio:
     """Decode ``path`` to 24 kHz mono float32.
 
     ``path`` may be relative (to the working directory), start with ``~``, hold spaces or any
-    Unicode. ``max_seconds`` (default ``$VIBEVOICE_MAX_AUDIO_SECONDS`` or 4 h) limits the duration:
-    checked against the header before decoding when it is known, and while decoding.
+    Unicode. ``max_seconds`` (default 4 h) limits the duration: checked against the header before
+    decoding when it is known, and while decoding. ``threads`` caps the parallel parts of a long
+    WAV/FLAC/Ogg (default: the CPUs, at most 4; 1: one pass). ``ffmpeg`` is the ffmpeg program
+    for the fallback, a file or a folder holding one (default: next to the frozen executable, then
+    ``PATH``; see :func:`find_ffmpeg`). The server passes its :class:`~.config.Config`'s
+    ``max_audio_seconds``, ``audio_threads`` and ``ffmpeg``; nothing here reads the environment.
     ``check_cancel`` is called between blocks, on the calling thread; it raises to abort.
 
     Raises :class:`AudioFileError` (not_found, is_directory, permission_denied, empty_file),
@@ -89,11 +83,13 @@ def load_audio(
     started = time.monotonic()
     shown, full = resolve_path(path)
     check_file(full, shown)
-    limit = _env_limit() if max_seconds is None else float(max_seconds)
+    limit = DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
     if not limit > 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
     ext = os.path.splitext(full)[1].lower()
-    ffmpeg = find_ffmpeg()
+    program = find_ffmpeg(ffmpeg)
     if ext in _FFMPEG_FIRST_EXTS:
         order = ["pyav", "ffmpeg", "soundfile"]
     else:
@@ -101,12 +97,14 @@ def load_audio(
     failures: list[str] = []
     empty = False
     for decoder in order:
-        if decoder == "ffmpeg" and (ffmpeg is None or empty):
+        if decoder == "ffmpeg" and (program is None or empty):
             continue  # (PyAV found no audio stream: the ffmpeg program would not either)
         audio = None
         for scale in (1.0, HUGE_SCALE):
             try:
-                audio = _run_decoder(decoder, ffmpeg, full, shown, limit, check_cancel, scale)
+                audio = _run_decoder(
+                    decoder, program, full, shown, limit, check_cancel, scale, threads
+                )
                 break
             except Huge:
                 log.warning("%s holds huge sample values; decoding it again scaled down", shown)
@@ -135,7 +133,7 @@ def load_audio(
     # The file may have vanished, emptied or become unreadable while we decoded: say that.
     check_file(full, shown)
     in_process = audio_pyav.import_av() is not None
-    raise _decode_failure(shown, ext, ffmpeg is not None or in_process, failures, empty)
+    raise _decode_failure(shown, ext, program is not None or in_process, failures, empty)
 
 
 def _run_decoder(
@@ -146,9 +144,12 @@ def _run_decoder(
     limit: float,
     check_cancel: Callable[[], None] | None,
     scale: float,
+    threads: int | None,
 ) -> DecodedAudio:
     if decoder == "soundfile":
-        return audio_soundfile.decode_soundfile(full, shown, limit, check_cancel, scale)
+        return audio_soundfile.decode_soundfile(
+            full, shown, limit, check_cancel, scale, threads=threads
+        )
     if decoder == "pyav":
         return audio_pyav.decode_pyav(full, shown, limit, check_cancel, scale)
     assert ffmpeg is not None

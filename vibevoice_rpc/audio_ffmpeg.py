@@ -22,42 +22,36 @@ from typing import IO
 import numpy as np
 
 from .audio_sink import TARGET_RATE, DecodedAudio, NotDecoded, Pipeline, decoded_audio
+from .config import ffmpeg_program
 
 log = logging.getLogger(__name__)
 
 _BLOCK_SECONDS = 10.0
 
 
-def _exe_names() -> tuple[str, ...]:
-    return ("ffmpeg.exe", "ffmpeg") if os.name == "nt" else ("ffmpeg", "ffmpeg.exe")
-
-
-def _is_exe(path: str) -> bool:
-    return os.path.isfile(path) and (os.name == "nt" or os.access(path, os.X_OK))
-
-
-def find_ffmpeg() -> str | None:
-    """The ffmpeg to use, or None: ``$VIBEVOICE_FFMPEG`` (file or folder), then next to the frozen
-    executable (and PyInstaller's ``_internal`` folder), then ``PATH``."""
-    env = os.environ.get("VIBEVOICE_FFMPEG", "").strip()
-    if env:
-        cand = os.path.abspath(os.path.expanduser(env))
-        if os.path.isdir(cand):
-            for name in _exe_names():
-                if _is_exe(os.path.join(cand, name)):
-                    return os.path.join(cand, name)
-        elif _is_exe(cand):
-            return cand
-        log.warning("VIBEVOICE_FFMPEG=%r is not an ffmpeg executable; looking elsewhere", env)
+def find_ffmpeg(configured: str | None = None) -> str | None:
+    """The ffmpeg to use, or None: ``configured`` (file or folder; the server passes
+    ``VIBEVOICE_FFMPEG``, checked at start by :mod:`.config`), then next to the frozen executable
+    (and PyInstaller's ``_internal`` folder), then ``PATH``. A configured value that is not (or no
+    longer) an ffmpeg executable is logged and the search goes on."""
+    configured = (configured or "").strip()
+    if configured:
+        program = ffmpeg_program(configured)
+        if program is not None:
+            return program
+        log.warning(
+            "the ffmpeg program %r (VIBEVOICE_FFMPEG) is not an ffmpeg executable; looking elsewhere",
+            configured,
+        )
     if getattr(sys, "frozen", False):
         dirs = [os.path.dirname(os.path.abspath(sys.executable))]
         meipass = getattr(sys, "_MEIPASS", None)
         if meipass:
             dirs.append(str(meipass))
         for folder in dirs:
-            for name in _exe_names():
-                if _is_exe(os.path.join(folder, name)):
-                    return os.path.join(folder, name)
+            program = ffmpeg_program(folder)
+            if program is not None:
+                return program
     return shutil.which("ffmpeg")
 
 

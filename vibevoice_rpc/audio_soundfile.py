@@ -48,10 +48,9 @@ _UNKNOWN_FRAMES = 1 << 62
 _SEEK_EXACT_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "AIFF", "AU", "CAF"})
 
 
-def _decode_threads() -> int:
-    raw = os.environ.get("VIBEVOICE_AUDIO_THREADS", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
+def default_threads() -> int:
+    """Threads for parallel parts when none are configured: the CPUs this process may use, at
+    most 4."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -77,7 +76,11 @@ def decode_soundfile(
     limit: float,
     check_cancel: Callable[[], None] | None,
     scale: float = 1.0,
+    *,
+    threads: int | None = None,
 ) -> DecodedAudio:
+    """``threads``: at most this many parallel parts (None: :func:`default_threads`; 1: one
+    pass)."""
     try:
         f = sf.SoundFile(full)
     except Exception as exc:  # LibsndfileError, or TypeError/ValueError for odd headers
@@ -97,7 +100,8 @@ def decode_soundfile(
             raise NotDecoded("the header gives no length (a stream written to a pipe)")
         if frames / rate > limit:
             raise too_long(shown, frames / rate, limit, stopped=False)
-        threads = _decode_threads()
+        if threads is None:
+            threads = default_threads()
         if (
             threads > 1
             and scale == 1.0
@@ -181,6 +185,7 @@ def _decode_parts(
     """
     step = rate // math.gcd(rate, TARGET_RATE)
     parts = max(1, min(threads, int(frames / rate // _PART_MIN_SECONDS)))
+    log.debug("decoding %s in %d parallel parts (at most %d threads)", shown, parts, threads)
     bounds = [0] + [(frames * i // parts) // step * step for i in range(1, parts)] + [frames]
     pad = math.ceil(_OVERLAP_SECONDS * rate / step) * step
     probe_len = int(_PROBE_SECONDS * rate)
