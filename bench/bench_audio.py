@@ -35,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vibevoice_rpc import audio as audio_mod  # noqa: E402
+from vibevoice_rpc import audio_pyav  # noqa: E402
 from vibevoice_rpc.audio import find_ffmpeg, load_audio  # noqa: E402
+from vibevoice_rpc.config import Config  # noqa: E402
 
 TEXT_A = (
     "Good morning everyone, thanks for joining. Let's go through the numbers for the third "
@@ -78,7 +79,7 @@ try:
 except OSError:
     method = "ru_maxrss"
 base = maxrss()
-audio = load_audio(sys.argv[3])
+audio = load_audio(sys.argv[3], max_seconds=1e9)
 print(json.dumps({"base": base, "peak": maxrss(), "out": audio.samples.nbytes, "method": method}))
 """
 
@@ -143,34 +144,30 @@ def time_ffmpeg(ffmpeg: str, path: Path) -> float:
     return took
 
 
-def time_load(path: Path, threads: str | None, program: bool = False) -> float:
-    """``load_audio`` wall time; ``program``: through the ffmpeg program, as without PyAV."""
-    old = os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
-    if threads:
-        os.environ["VIBEVOICE_AUDIO_THREADS"] = threads
-    real_import_av = audio_mod._import_av
+def time_load(
+    path: Path, threads: int | None, program: bool = False, ffmpeg: str | None = None
+) -> float:
+    """``load_audio`` wall time; ``program``: through the ffmpeg program ``ffmpeg``, as without
+    PyAV."""
+    real_import_av = audio_pyav.import_av
     if program:
-        audio_mod._import_av = lambda: None
+        audio_pyav.import_av = lambda: None
     try:
         c0 = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        decoded = load_audio(path, max_seconds=1e9)
+        decoded = load_audio(path, max_seconds=1e9, threads=threads, ffmpeg=ffmpeg)
         took = time.perf_counter() - t0
         assert decoded.decoder == "ffmpeg" or not program
         if not program and not threads:
             CPU["ours"].append(_cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - c0)
         return took
     finally:
-        audio_mod._import_av = real_import_av
-        os.environ.pop("VIBEVOICE_AUDIO_THREADS", None)
-        if old is not None:
-            os.environ["VIBEVOICE_AUDIO_THREADS"] = old
+        audio_pyav.import_av = real_import_av
 
 
 def peak_rss(path: Path, warmup: Path) -> dict:
     cmd = [sys.executable, "-c", RSS_SCRIPT, str(ROOT), str(warmup), str(path), str(path)]
-    env = {**os.environ, "VIBEVOICE_MAX_AUDIO_SECONDS": "1e9"}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=1800)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -186,9 +183,9 @@ def bench(path: Path, ffmpeg: str, reps: int, warmup: Path) -> None:
         ours.append(time_load(path, None))
         theirs.append(time_ffmpeg(ffmpeg, path))
         if in_process:
-            program.append(time_load(path, None, program=True))
+            program.append(time_load(path, None, program=True, ffmpeg=ffmpeg))
         else:
-            single.append(time_load(path, "1"))
+            single.append(time_load(path, 1))
     o, t = statistics.median(ours), statistics.median(theirs)
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     extra = rss["peak"] - rss["base"]
@@ -226,7 +223,7 @@ def main() -> None:
         "--workdir", default=str(Path(tempfile.gettempdir()) / "vibevoice-bench-audio")
     )
     args = parser.parse_args()
-    ffmpeg = find_ffmpeg()
+    ffmpeg = find_ffmpeg(Config.from_env().ffmpeg)  # VIBEVOICE_FFMPEG, checked as the server does
     if ffmpeg is None:
         sys.exit("ffmpeg not found: install it or set VIBEVOICE_FFMPEG")
     work = Path(args.workdir)

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vibevoice_rpc import audio
+from vibevoice_rpc import audio, audio_ffmpeg, audio_paths, audio_pyav, audio_sink, audio_soundfile
 from vibevoice_rpc.audio import (
     TARGET_RATE,
     DecodedAudio,
     find_ffmpeg,
     load_audio,
 )
+from vibevoice_rpc.config import Config
 from vibevoice_rpc.errors import AudioDecodeError, AudioFileError, AudioTooLong
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,27 +34,21 @@ needs_ffmpeg = pytest.mark.skipif(
 SAMPLE = Path(audio.__file__).parent / "data" / "two_speakers.opus"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in ("VIBEVOICE_FFMPEG", "VIBEVOICE_MAX_AUDIO_SECONDS", "VIBEVOICE_AUDIO_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def no_pyav(monkeypatch):
     """As if PyAV were not installed: what the ffmpeg program's fallback path is for."""
-    monkeypatch.setattr(audio, "_import_av", lambda: None)
+    monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
 
 
 @pytest.fixture
 def no_ffmpeg_program(monkeypatch, tmp_path):
     """No ffmpeg anywhere, and starting any process fails the test: decoding stays in process."""
-    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda configured=None: None)
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"a process was started: {args}")
 
-    monkeypatch.setattr(audio.subprocess, "Popen", refuse)
+    monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", refuse)
 
 
 def tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1, amp: float = 0.5):
@@ -232,18 +227,18 @@ def test_silence_is_not_an_error(tmp_path):
 @pytest.fixture
 def parallel(monkeypatch):
     """Split even short files into parts, so the parallel path runs in a fast test."""
-    monkeypatch.setattr(audio, "_PARALLEL_MIN_SECONDS", 2.0)
-    monkeypatch.setattr(audio, "_PART_MIN_SECONDS", 2.0)
-    monkeypatch.setattr(audio, "_OVERLAP_SECONDS", 0.5)
+    monkeypatch.setattr(audio_soundfile, "_PARALLEL_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio_soundfile, "_PART_MIN_SECONDS", 2.0)
+    monkeypatch.setattr(audio_soundfile, "_OVERLAP_SECONDS", 0.5)
     calls = []
-    real = audio._decode_parts
+    real = audio_soundfile._decode_parts
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(audio, "_decode_parts", spy)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", spy)
     return calls
 
 
@@ -261,11 +256,9 @@ def test_parallel_parts_join_seamlessly(
 ):
     path = tmp_path / name
     sf.write(path, speechlike(rate, 9.3, channels), rate, **kwargs)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    split = load_audio(path)
+    split = load_audio(path, threads=3)
     assert parallel == [True]
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "1")
-    whole = load_audio(path)
+    whole = load_audio(path, threads=1)
     assert parallel == [True]  # the single-thread run did not take the parallel path
     assert (
         len(split.samples) == len(whole.samples) == round(sf.info(str(path)).frames * 24000 / rate)
@@ -278,10 +271,9 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
 ):
     path = tmp_path / "p.flac"
     sf.write(path, speechlike(16000, 8.0), 16000)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")
-    monkeypatch.setattr(audio, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
-        a = load_audio(path)
+    monkeypatch.setattr(audio_soundfile, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_soundfile"):
+        a = load_audio(path, threads=2)
     assert parallel == [False]
     assert "one pass" in caplog.text
     assert len(a.samples) == 8 * 24000
@@ -290,8 +282,7 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
 def test_mp3_never_takes_the_parallel_path(tmp_path, monkeypatch, parallel):
     path = tmp_path / "long.mp3"
     sf.write(path, speechlike(16000, 6.0), 16000, format="MP3")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    load_audio(path)
+    load_audio(path, threads=3)
     assert parallel == []
 
 
@@ -300,9 +291,8 @@ def test_nan_in_a_parallel_part_is_reported(tmp_path, monkeypatch, parallel):
     x[7 * 16000] = np.nan
     path = tmp_path / "nan.wav"
     sf.write(path, x, 16000, subtype="FLOAT")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
     with pytest.raises(AudioDecodeError) as err:
-        load_audio(path)
+        load_audio(path, threads=3)
     assert err.value.kind == "invalid_samples"
     assert err.value.data["at_seconds"] == 7.0
 
@@ -357,11 +347,11 @@ def test_name_starting_with_dash_is_not_an_ffmpeg_option(no_pyav, tmp_path, monk
 
 def test_windows_long_paths_get_the_extended_prefix():
     long = "C:\\" + "\\".join(["ordner"] * 40) + "\\memo.opus"
-    assert audio._win_long_path(long) == "\\\\?\\" + long
+    assert audio_paths._win_long_path(long) == "\\\\?\\" + long
     share = "\\\\server\\share\\" + "x" * 300
-    assert audio._win_long_path(share) == "\\\\?\\UNC\\server\\share\\" + "x" * 300
-    assert audio._win_long_path("C:\\short.wav") == "C:\\short.wav"
-    assert audio._win_long_path("\\\\?\\" + long) == "\\\\?\\" + long
+    assert audio_paths._win_long_path(share) == "\\\\?\\UNC\\server\\share\\" + "x" * 300
+    assert audio_paths._win_long_path("C:\\short.wav") == "C:\\short.wav"
+    assert audio_paths._win_long_path("\\\\?\\" + long) == "\\\\?\\" + long
 
 
 # --- the bad-file corpus --------------------------------------------------------------------------
@@ -418,7 +408,7 @@ def test_unreadable_file(tmp_path):
 def test_permission_denied_when_access_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "locked.wav"
     sf.write(path, tone(16000, 0.1), 16000)
-    monkeypatch.setattr(audio.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(audio_paths.os, "access", lambda *a, **k: False)
     assert _error(AudioFileError, path).kind == "permission_denied"
 
 
@@ -504,7 +494,7 @@ def test_video_without_audio_is_no_samples(tmp_path):
 def test_m4a_without_ffmpeg_says_how_to_get_it(no_pyav, tmp_path, monkeypatch):
     path = tmp_path / "memo.m4a"
     path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 200)
-    monkeypatch.setattr(audio, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(audio, "find_ffmpeg", lambda configured=None: None)
     err = _error(AudioDecodeError, path)
     assert err.kind == "unsupported_format"
     assert "VIBEVOICE_FFMPEG" in err.hint and "ffmpeg" in err.message
@@ -517,9 +507,9 @@ def test_wav_falls_back_to_ffmpeg_when_soundfile_fails(no_pyav, tmp_path, monkey
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
 
     def refuse(*args, **kwargs):
-        raise audio._NotDecoded("Format not recognised.")
+        raise audio_sink.NotDecoded("Format not recognised.")
 
-    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    monkeypatch.setattr(audio_soundfile, "decode_soundfile", refuse)
     a = load_audio(path)
     assert (a.decoder, a.source_rate, a.source_channels) == ("ffmpeg", 44100, 2)
     assert len(a.samples) == 36000
@@ -555,20 +545,53 @@ def test_too_long_is_refused_from_the_header(tmp_path, monkeypatch):
     path = tmp_path / "long.wav"
     sf.write(path, np.zeros(16000 * 5, np.int16), 16000)
     # checked before decoding: reading would fail the test
-    monkeypatch.setattr(audio, "_Pipeline", None)
+    monkeypatch.setattr(audio_soundfile, "Pipeline", None)
     err = _error(AudioTooLong, path, max_seconds=2.0)
     assert (err.kind, err.code) == ("too_long", -32003)
     assert (err.data["duration"], err.data["limit"]) == (5.0, 2.0)
 
 
-def test_limit_comes_from_the_environment(tmp_path, monkeypatch):
+def test_limit_comes_from_the_argument_and_defaults_to_the_configs(tmp_path):
     path = tmp_path / "long.wav"
     sf.write(path, np.zeros(16000 * 3, np.int16), 16000)
-    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "2.5")
-    assert _error(AudioTooLong, path).data["limit"] == 2.5
-    assert load_audio(path, max_seconds=3.0).duration == 3.0  # the argument wins
-    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "lots")
-    assert load_audio(path).duration == 3.0  # unparsable: the 4 h default
+    assert _error(AudioTooLong, path, max_seconds=2.5).data["limit"] == 2.5
+    assert load_audio(path, max_seconds=3.0).duration == 3.0
+    assert audio.DEFAULT_MAX_SECONDS == Config().max_audio_seconds == 4 * 3600.0
+    assert load_audio(path).duration == 3.0
+
+
+def test_load_audio_reads_no_environment_variable(tmp_path, monkeypatch, parallel):
+    """The settings come from config.Config (checked at start) through the arguments only."""
+    path = tmp_path / "p.flac"
+    sf.write(path, speechlike(16000, 8.0), 16000)
+    monkeypatch.setenv("VIBEVOICE_MAX_AUDIO_SECONDS", "1")
+    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "1")
+    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "no-such-ffmpeg"))
+    monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
+    assert load_audio(path, threads=2).duration == 8.0  # not refused at 1 s
+    assert parallel == [True]  # not one thread
+    assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
+
+
+@pytest.mark.parametrize(("threads", "parts"), [(1, None), (2, 2), (3, 3)])
+def test_the_threads_setting_reaches_the_decoder(tmp_path, parallel, caplog, threads, parts):
+    path = tmp_path / "p.wav"
+    sf.write(path, speechlike(16000, 9.3), 16000, subtype="PCM_16")
+    with caplog.at_level(logging.DEBUG, logger="vibevoice_rpc.audio_soundfile"):
+        assert load_audio(path, threads=threads).duration == 9.3
+    said = [r.getMessage() for r in caplog.records if "parallel parts" in r.getMessage()]
+    if parts is None:
+        assert (parallel, said) == ([], [])
+    else:
+        assert parallel == [True]
+        assert said == [f"decoding {path} in {parts} parallel parts (at most {threads} threads)"]
+
+
+def test_threads_below_one_are_refused(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(16000, 0.1), 16000)
+    with pytest.raises(ValueError, match="threads"):
+        load_audio(path, threads=0)
 
 
 @needs_ffmpeg
@@ -597,7 +620,6 @@ def test_cancel_stops_decoding(tmp_path):
 def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
     path = tmp_path / "c.opus"
     sf.write(path, speechlike(16000, 12.0), 16000, format="OGG", subtype="OPUS")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
 
     class Cancelled(Exception):
         pass
@@ -606,7 +628,7 @@ def test_cancel_stops_parallel_parts(tmp_path, monkeypatch, parallel):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        load_audio(path, check_cancel=check_cancel)
+        load_audio(path, threads=3, check_cancel=check_cancel)
 
 
 @needs_ffmpeg
@@ -615,13 +637,13 @@ def test_cancel_kills_ffmpeg(no_pyav, tmp_path, monkeypatch):
     sf.write(src, speechlike(16000, 30.0), 16000)
     m4a = write_m4a(src, tmp_path / "c.m4a")
     procs = []
-    real_popen = audio.subprocess.Popen
+    real_popen = audio_ffmpeg.subprocess.Popen
 
     def spy(*args, **kwargs):
         procs.append(real_popen(*args, **kwargs))
         return procs[-1]
 
-    monkeypatch.setattr(audio.subprocess, "Popen", spy)
+    monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", spy)
 
     def check_cancel():
         raise TimeoutError("stop")
@@ -642,20 +664,52 @@ def _fake_exe(folder: Path, name: str = "ffmpeg") -> Path:
     return exe
 
 
-def test_find_ffmpeg_prefers_the_environment(tmp_path, monkeypatch):
+def test_find_ffmpeg_prefers_the_configured_program(tmp_path, monkeypatch):
     exe = _fake_exe(tmp_path / "bin")
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe))
-    assert find_ffmpeg() == str(exe)
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(exe.parent))  # a folder works too
-    assert find_ffmpeg() == str(exe)
-
-
-def test_find_ffmpeg_ignores_a_wrong_environment_value(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("VIBEVOICE_FFMPEG", str(tmp_path / "missing"))
     monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio"):
-        assert find_ffmpeg() == str(tmp_path / "onpath" / "ffmpeg")
-    assert "VIBEVOICE_FFMPEG" in caplog.text
+    assert find_ffmpeg(str(exe)) == str(exe)
+    assert find_ffmpeg(str(exe.parent)) == str(exe)  # a folder works too
+    assert find_ffmpeg(str(exe) + " ") == str(exe)  # as config.py strips it
+
+
+def test_find_ffmpeg_ignores_a_wrong_configured_value(tmp_path, monkeypatch, caplog):
+    # config.py refuses such a value at start; one that vanishes later is logged and skipped
+    monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_ffmpeg"):
+        assert find_ffmpeg(str(tmp_path / "missing")) == str(tmp_path / "onpath" / "ffmpeg")
+    assert "VIBEVOICE_FFMPEG" in caplog.text and "missing" in caplog.text
+
+
+def fake_ffmpeg(folder: Path, seconds: float = 0.5, value: float = 0.25) -> Path:
+    """A stand-in "ffmpeg" that ignores its arguments and streams ``seconds`` of ``value`` at
+    24 kHz as float32 WAV on stdout with unknown sizes, as the real one does into a pipe."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "ffmpeg"
+    exe.write_text(
+        f"#!{sys.executable}\n"
+        "import struct, sys\n"
+        "fmt = struct.pack('<HHIIHH', 3, 1, 24000, 96000, 4, 32)\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'RIFF' + struct.pack('<I', 0xFFFFFFFF) + b'WAVE')\n"
+        "out.write(b'fmt ' + struct.pack('<I', len(fmt)) + fmt)\n"
+        "out.write(b'data' + struct.pack('<I', 0xFFFFFFFF))\n"
+        f"out.write(struct.pack('<f', {value}) * {round(24000 * seconds)})\n"
+    )
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in ffmpeg is a script with a #! line")
+def test_the_configured_ffmpeg_program_is_the_one_decoding(no_pyav, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no other ffmpeg to be found
+    path = tmp_path / "memo.m4a"
+    path.write_bytes(b"nothing a real decoder reads\n" * 20)
+    exe = fake_ffmpeg(tmp_path / "tools")
+    for configured in (exe, exe.parent):
+        a = load_audio(path, ffmpeg=str(configured))
+        assert (a.decoder, a.duration, a.warnings) == ("ffmpeg", 0.5, [])
+        assert np.all(a.samples == np.float32(0.25))
+    assert _error(AudioDecodeError, path).kind == "unsupported_format"  # none without it
 
 
 def test_find_ffmpeg_looks_next_to_the_frozen_executable(tmp_path, monkeypatch):
@@ -724,7 +778,7 @@ def test_pyav_gives_the_ffmpeg_programs_samples_on_m4a(tmp_path, monkeypatch):
     sf.write(src, speechlike(44100, 3.0, 2), 44100)
     m4a = write_m4a(src, tmp_path / "memo.m4a")
     ours = load_audio(m4a)
-    monkeypatch.setattr(audio, "_import_av", lambda: None)
+    monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
     theirs = load_audio(m4a)
     assert (ours.decoder, theirs.decoder) == ("pyav", "ffmpeg")
     assert len(ours.samples) == len(theirs.samples)  # edit list / priming handled alike
@@ -756,9 +810,9 @@ def test_wav_falls_back_to_pyav_when_soundfile_fails(no_ffmpeg_program, tmp_path
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
 
     def refuse(*args, **kwargs):
-        raise audio._NotDecoded("Format not recognised.")
+        raise audio_sink.NotDecoded("Format not recognised.")
 
-    monkeypatch.setattr(audio, "_decode_soundfile", refuse)
+    monkeypatch.setattr(audio_soundfile, "decode_soundfile", refuse)
     a = load_audio(path)
     assert (a.decoder, a.source_rate, a.source_channels) == ("pyav", 44100, 2)
     assert len(a.samples) == 36000
@@ -824,17 +878,17 @@ def test_too_long_is_caught_while_pyav_decodes_and_memory_stays_within_the_limit
     no_ffmpeg_program, tmp_path, monkeypatch
 ):
     path = write_with_pyav(tmp_path / "long.m4a", speechlike(16000, 30.0), 16000, "aac")
-    monkeypatch.setattr(audio, "_declared_seconds", lambda *a: None)  # as if nothing declared
+    monkeypatch.setattr(audio_pyav, "_declared_seconds", lambda *a: None)  # as if nothing declared
     sizes = []
-    real_append = audio._Sink.append
+    real_append = audio_sink._Sink.append
 
     def spy(self, y):
         real_append(self, y)
         sizes.append(len(self.buf))
 
-    monkeypatch.setattr(audio._Sink, "append", spy)
+    monkeypatch.setattr(audio_sink._Sink, "append", spy)
     err = _error(AudioTooLong, path, max_seconds=12.0)
-    assert 12.0 < err.data["duration"] <= 12.0 + audio._PYAV_BLOCK_SECONDS + 0.1  # + a frame
+    assert 12.0 < err.data["duration"] <= 12.0 + audio_pyav._PYAV_BLOCK_SECONDS + 0.1  # + a frame
     assert "decoding stopped" in err.message
     assert sizes and max(sizes) <= 12 * TARGET_RATE + 64  # never more than the limit's output
 
@@ -848,7 +902,8 @@ def test_pyav_not_installed_leaves_m4a_to_the_ffmpeg_program(no_pyav, tmp_path):
 
 def test_pyav_import_does_not_print(tmp_path):
     code = (
-        "import vibevoice_rpc.audio as a, sys; assert a._import_av() is not None; "
+        "import vibevoice_rpc.audio, vibevoice_rpc.audio_pyav as a, sys; "
+        "assert a.import_av() is not None; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -868,9 +923,10 @@ def test_hours_of_silence_in_a_small_file_are_refused_before_decoding(
     cmd += ["anullsrc=r=8000:cl=mono", "-t", "3600", "-c:a", "flac", str(path)]
     subprocess.run(cmd, check=True, timeout=60)
     assert path.stat().st_size < 2_000_000  # an hour in well under 2 MB
-    monkeypatch.setattr(audio, "_Pipeline", None)  # decoding would fail the test
+    for decoder in (audio_pyav, audio_ffmpeg):  # decoding would fail the test
+        monkeypatch.setattr(decoder, "Pipeline", None)
     if decoder == "ffmpeg":  # PyAV only reads the header; the ffmpeg program is never started
-        monkeypatch.setattr(audio.subprocess, "Popen", None)
+        monkeypatch.setattr(audio_ffmpeg.subprocess, "Popen", None)
     err = _error(AudioTooLong, path, max_seconds=600.0)
     assert (err.data["duration"], err.data["limit"]) == (3600.0, 600.0)
     assert "it lasts 3600.0 s" in err.message
@@ -881,22 +937,22 @@ def test_ffmpeg_program_path_keeps_memory_within_the_limit(no_pyav, tmp_path, mo
     src = tmp_path / "src.wav"
     sf.write(src, speechlike(16000, 30.0), 16000)
     path = write_m4a(src, tmp_path / "long.m4a")
-    monkeypatch.setattr(audio, "_BLOCK_SECONDS", 1.0)
+    monkeypatch.setattr(audio_ffmpeg, "_BLOCK_SECONDS", 1.0)
     sizes = []
-    real_append = audio._Sink.append
+    real_append = audio_sink._Sink.append
 
     def spy(self, y):
         real_append(self, y)
         sizes.append(len(self.buf))
 
-    monkeypatch.setattr(audio._Sink, "append", spy)
+    monkeypatch.setattr(audio_sink._Sink, "append", spy)
     err = _error(AudioTooLong, path, max_seconds=12.0)
     assert 12.0 < err.data["duration"] <= 13.1
     assert max(sizes) <= 12 * TARGET_RATE + 64
 
 
 def test_sink_never_grows_past_its_cap():
-    sink = audio._Sink(10, cap=1000)
+    sink = audio_sink._Sink(10, cap=1000)
     for _ in range(99):
         sink.append(np.ones(10, np.float32))
     assert len(sink.buf) <= 1000
@@ -931,7 +987,7 @@ def test_streamed_flac_without_a_length_decodes(piped_flac):
 def test_streamed_flac_limit_is_enforced_while_decoding(piped_flac):
     err = _error(AudioTooLong, piped_flac, max_seconds=5.0)
     assert "decoding stopped" in err.message
-    assert 5.0 < err.data["duration"] <= 5.0 + audio._BLOCK_SECONDS
+    assert 5.0 < err.data["duration"] <= 5.0 + audio_pyav._PYAV_BLOCK_SECONDS + 0.1  # + a frame
 
 
 # --- a file that vanishes or shrinks as the parallel parts start (issue #14.4) -------------------
@@ -946,8 +1002,7 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
 ):
     path = tmp_path / "long.wav"
     sf.write(path, speechlike(16000, 9.0), 16000, subtype="PCM_16")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    spy = audio._decode_parts  # the `parallel` fixture's spy
+    spy = audio_soundfile._decode_parts  # the `parallel` fixture's spy
 
     def vanish_first(*args, **kwargs):
         if change == "delete":
@@ -960,13 +1015,13 @@ def test_file_changing_under_the_parallel_parts_is_a_file_error(
             os.replace(tmp, path)
         return spy(*args, **kwargs)
 
-    monkeypatch.setattr(audio, "_decode_parts", vanish_first)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", vanish_first)
     if kind is None:  # the open handle still reads the original: decoded from it, in one pass
-        a = load_audio(path)
+        a = load_audio(path, threads=3)
         assert a.duration == 9.0
         assert parallel == [False]
         return
-    err = _error(AudioFileError, path)
+    err = _error(AudioFileError, path, threads=3)
     assert (err.kind, err.code) == (kind, -32001)
     assert parallel == [False]
 
@@ -976,16 +1031,15 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
 ):
     path = tmp_path / "long.flac"
     sf.write(path, speechlike(16000, 9.0), 16000)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    spy = audio._decode_parts
+    spy = audio_soundfile._decode_parts
 
     def truncate_first(*args, **kwargs):
         with open(path, "r+b") as fh:
             fh.truncate(path.stat().st_size // 3)
         return spy(*args, **kwargs)
 
-    monkeypatch.setattr(audio, "_decode_parts", truncate_first)
-    a = load_audio(path)
+    monkeypatch.setattr(audio_soundfile, "_decode_parts", truncate_first)
+    a = load_audio(path, threads=3)
     assert parallel == [False]
     assert 0.5 < a.duration < 6.0
     assert any("truncated" in w for w in a.warnings)
@@ -995,11 +1049,10 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3])
-def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, monkeypatch, rate):
+def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, rate):
     path = tmp_path / f"{rate}hz.wav"
     sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 40 * rate)[: 70 * rate], rate)
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "2")  # would take the parallel path otherwise
-    a = load_audio(path)
+    a = load_audio(path, threads=2)  # would take the parallel path otherwise
     assert_model_ready(a)
     assert a.duration == 70.0
 
@@ -1026,8 +1079,7 @@ def test_huge_samples_in_a_parallel_part_are_scaled_too(tmp_path, monkeypatch, p
     x[5 * 16000 : 5 * 16000 + 100] = 3e38
     path = tmp_path / "loud.wav"
     sf.write(path, x, 16000, subtype="FLOAT")
-    monkeypatch.setenv("VIBEVOICE_AUDIO_THREADS", "3")
-    a = load_audio(path)
+    a = load_audio(path, threads=3)
     assert_model_ready(a)
     assert a.duration == 8.0 and a.warnings
 

@@ -10,6 +10,7 @@ The ``model`` tests transcribe on the tiny model end to end.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import soundfile as sf
 
 from .rpc_client import RpcProcess, server_env
+from .test_audio import fake_ffmpeg
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,7 +42,8 @@ def _env(tmp_path: Path, model: Path | None = None, **extra: str) -> dict[str, s
         PATH=str(nobin),  # no ffmpeg program anywhere: decoding must stay in process
         **extra,
     )
-    env.pop("VIBEVOICE_FFMPEG", None)
+    if "VIBEVOICE_FFMPEG" not in extra:
+        env.pop("VIBEVOICE_FFMPEG", None)
     return env
 
 
@@ -145,6 +148,36 @@ def test_server_decodes_a_few_hertz_wav_of_a_minute(tmp_path):
         rid, answer = _transcribe(p, path)
         assert _decoded_seconds(p, rid) == 70.0, answer
         assert answer["error"]["code"] == -32004
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in ffmpeg is a script with a #! line")
+def test_server_decodes_with_the_ffmpeg_program_it_was_given(tmp_path):
+    """VIBEVOICE_FFMPEG → Config → Engine → load_audio → the fallback decode. A file no real
+    decoder reads: PyAV gives up, and the stand-in program (from its folder) answers 0.5 s."""
+    path = tmp_path / "memo.m4a"
+    path.write_bytes(b"nothing a real decoder reads\n" * 20)
+    exe = fake_ffmpeg(tmp_path / "tools")
+    with RpcProcess(env=_env(tmp_path, VIBEVOICE_FFMPEG=str(exe.parent))) as p:
+        rid, answer = _transcribe(p, path)
+        assert _decoded_seconds(p, rid) == 0.5, (answer, p.stderr[-2000:])
+        assert answer["error"]["code"] == -32004
+        assert "with ffmpeg" in p.stderr
+
+
+@pytest.mark.parametrize(("threads", "said"), [("1", None), ("3", "in 3 parallel parts")])
+def test_server_decodes_in_as_many_parts_as_it_was_told(tmp_path, threads, said):
+    """VIBEVOICE_AUDIO_THREADS → Config → Engine → load_audio → the parallel parts."""
+    path = tmp_path / "long.wav"
+    sf.write(path, _speech(8000, 95.0), 8000)  # >= 3 parts of 30 s
+    env = _env(tmp_path, VIBEVOICE_AUDIO_THREADS=threads, VIBEVOICE_LOG_LEVEL="DEBUG")
+    with RpcProcess(env=env) as p:
+        rid, answer = _transcribe(p, path)
+        assert _decoded_seconds(p, rid) == 95.0, answer
+        lines = [line for line in p.stderr.splitlines() if "parallel parts" in line]
+        if said is None:
+            assert lines == []
+        else:
+            assert len(lines) == 1 and said in lines[0], lines
 
 
 def test_server_decodes_huge_finite_stereo_floats(tmp_path):

@@ -59,6 +59,11 @@ def _assert_refused(out: subprocess.CompletedProcess[bytes], code: int, *words: 
         ("VIBEVOICE_MAX_WINDOW_SECONDS", "nan"),
         ("VIBEVOICE_MAX_WINDOW_SECONDS", "1e-6"),
         ("VIBEVOICE_MAX_WINDOW_SECONDS", "-inf"),
+        ("VIBEVOICE_AUDIO_THREADS", "0"),  # were ignored (the default used instead) by audio.py
+        ("VIBEVOICE_AUDIO_THREADS", "-2"),
+        ("VIBEVOICE_AUDIO_THREADS", "two"),
+        ("VIBEVOICE_AUDIO_THREADS", "1.5"),
+        ("VIBEVOICE_FFMPEG", "/no/such/ffmpeg"),  # was a warning at the first fallback decode
     ],
 )
 def test_bad_limits_stop_the_server_before_ready_with_one_line(name, value):
@@ -76,6 +81,27 @@ def test_good_limits_are_taken_as_given():
     assert config.max_queue == 3
     assert config.max_audio_seconds == 1e9 and config.max_window_seconds == 10.0
     assert Config.from_env({}).max_queue == 16
+
+
+def test_an_ffmpeg_setting_that_names_no_ffmpeg_is_refused(tmp_path):
+    script = tmp_path / "ffmpeg"
+    script.write_text("#!/bin/sh\n")  # not executable
+    for value in (str(tmp_path), str(script)):  # a folder without one; a file we may not run
+        with pytest.raises(SystemExit) as exc:
+            Config.from_env({"VIBEVOICE_FFMPEG": value})
+        assert f"VIBEVOICE_FFMPEG={value!r} is neither an ffmpeg executable" in str(exc.value)
+
+
+def test_good_audio_settings_are_taken_as_given(tmp_path):
+    exe = tmp_path / "tools" / ("ffmpeg.exe" if os.name == "nt" else "ffmpeg")
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    config = Config.from_env({"VIBEVOICE_AUDIO_THREADS": " 1 ", "VIBEVOICE_FFMPEG": str(exe)})
+    assert (config.audio_threads, config.ffmpeg) == (1, str(exe))
+    assert Config.from_env({"VIBEVOICE_FFMPEG": str(exe.parent)}).ffmpeg == str(exe)  # a folder
+    defaults = Config.from_env({"VIBEVOICE_AUDIO_THREADS": "", "VIBEVOICE_FFMPEG": " "})
+    assert (defaults.audio_threads, defaults.ffmpeg) == (None, None)  # the decoder's own defaults
 
 
 @pytest.mark.parametrize("pid", ["-5", "-1", "abc", str(2**32)])

@@ -38,6 +38,11 @@ ENGINE_SIDE = {
     "generation",
     "remote",
     "audio",
+    "audio_paths",
+    "audio_soundfile",
+    "audio_pyav",
+    "audio_ffmpeg",
+    "audio_sink",
     "job",
 }
 

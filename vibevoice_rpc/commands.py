@@ -218,7 +218,12 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
     say("vibevoice-rpc selftest")
     clip = sample_audio_path()
     t0 = time.monotonic()
-    audio = load_audio(clip)
+    audio = load_audio(
+        clip,
+        max_seconds=config.max_audio_seconds,
+        threads=config.audio_threads,
+        ffmpeg=config.ffmpeg,
+    )
     stage(
         "audio decode",
         t0,

@@ -19,12 +19,14 @@ from .messages import PRECISIONS
 
 __all__ = [
     "Config",
+    "DEFAULT_MAX_AUDIO_SECONDS",
     "DEFAULT_MODEL_ID",
     "DIALECTS",
     "LOG_FORMAT",
     "RemoteSettings",
     "setup_logging",
     "env_flag",
+    "ffmpeg_program",
     "validate_url",
 ]
 
@@ -118,6 +120,38 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
 
 # Windows overlap by up to 10 s; shorter windows than this would be mostly overlap.
 MIN_WINDOW_SECONDS = 10.0
+DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
+
+
+def _is_exe(path: str) -> bool:
+    return os.path.isfile(path) and (os.name == "nt" or os.access(path, os.X_OK))
+
+
+def ffmpeg_program(path: str) -> str | None:
+    """The ffmpeg executable ``path`` names (``~`` expanded, made absolute): the file itself, or
+    ``ffmpeg``/``ffmpeg.exe`` in that folder; None when it names neither. What ``VIBEVOICE_FFMPEG``
+    may hold, and how the audio fallback looks into a folder."""
+    cand = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(cand):
+        names = ("ffmpeg.exe", "ffmpeg") if os.name == "nt" else ("ffmpeg", "ffmpeg.exe")
+        for name in names:
+            if _is_exe(os.path.join(cand, name)):
+                return os.path.join(cand, name)
+        return None
+    return cand if _is_exe(cand) else None
+
+
+def _env_ffmpeg(env: Mapping[str, str]) -> str | None:
+    raw = env.get("VIBEVOICE_FFMPEG", "").strip()
+    if not raw:
+        return None
+    program = ffmpeg_program(raw)
+    if program is None:
+        raise SystemExit(
+            f"vibevoice-rpc: VIBEVOICE_FFMPEG={raw!r} is neither an ffmpeg executable nor a folder "
+            "holding one (unset, the ffmpeg next to the program or on PATH is used)"
+        )
+    return program
 
 
 @dataclass
@@ -133,7 +167,11 @@ class Config:
     log_level: str = "INFO"
     max_queue: int = 16
     max_window_seconds: float = 3600.0
-    max_audio_seconds: float = 4 * 3600.0
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
+    # Threads for decoding long WAV/FLAC/Ogg in parallel parts; None: the CPUs, at most 4.
+    audio_threads: int | None = None
+    # The ffmpeg program for the audio fallback; None: next to the executable, then PATH.
+    ffmpeg: str | None = None
     parent_pid: int | None = None
     backend: str = "local"
     remote: RemoteSettings | None = None
@@ -173,7 +211,12 @@ class Config:
             max_window_seconds=_env_float(
                 env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0, minimum=MIN_WINDOW_SECONDS
             ),
-            max_audio_seconds=_env_float(env, "VIBEVOICE_MAX_AUDIO_SECONDS", 4 * 3600.0),
+            max_audio_seconds=_env_float(
+                env, "VIBEVOICE_MAX_AUDIO_SECONDS", DEFAULT_MAX_AUDIO_SECONDS
+            ),
+            # 0 only when unset (a value must be at least 1): the decoder's default
+            audio_threads=_env_int(env, "VIBEVOICE_AUDIO_THREADS", 0) or None,
+            ffmpeg=_env_ffmpeg(env),
         )
 
 

@@ -464,6 +464,8 @@ class Engine:
         audio = load_audio(
             params.audio_path,
             max_seconds=self.config.max_audio_seconds,
+            threads=self.config.audio_threads,
+            ffmpeg=self.config.ffmpeg,
             check_cancel=job.check_cancelled,
         )
         job.report("loading_audio", 1.0, f"decoded {audio.duration:.1f} s of audio")
