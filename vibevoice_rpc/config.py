@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .logsink import LOG_DATEFMT, LOG_FORMAT
 from .messages import PRECISIONS
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Config",
     "DEFAULT_MAX_AUDIO_SECONDS",
@@ -147,10 +149,14 @@ def _env_ffmpeg(env: Mapping[str, str]) -> str | None:
         return None
     program = ffmpeg_program(raw)
     if program is None:
-        raise SystemExit(
-            f"vibevoice-rpc: VIBEVOICE_FFMPEG={raw!r} is neither an ffmpeg executable nor a folder "
-            "holding one (unset, the ffmpeg next to the program or on PATH is used)"
+        # A warning, not a stop: ffmpeg is only the fallback behind PyAV, and an app whose bundled
+        # ffmpeg was quarantined must still start. The lookup goes on next to the program, then PATH.
+        log.warning(
+            "VIBEVOICE_FFMPEG=%r is neither an ffmpeg executable nor a folder holding one; the "
+            "audio fallback looks next to the program, then on PATH",
+            raw,
         )
+        return raw
     return program
 
 
