@@ -112,10 +112,10 @@ def startup(env: dict[str, str], spawns: int) -> tuple[list[list[Any]], list[str
     ready, first_health, exits, states = [], [], [], []
     for _ in range(spawns):
         with Server(env) as srv:
-            hid, _ = srv.request("health")  # written at once: queued in the pipe until read
+            hid = srv.request("health")  # written at once: queued in the pipe until read
             ready.append(srv.wait_ready())
-            arrived, msg = srv.wait(hid, timeout=60)
-            first_health.append(arrived - srv.spawned_at)
+            arrived, msg = srv.reply(hid, timeout=60)
+            first_health.append(arrived - srv.started)
             states.append(result_of(msg, "health")["state"])
             took = srv.close()
             if took is None:
@@ -158,8 +158,8 @@ def ping(
     done = 0
     while done < count and not (stop is not None and stop.is_set()):
         label = srv.stage.get(stage_of, "") if stage_of is not None else "idle"
-        hid, sent = srv.request("health")
-        arrived, msg = srv.wait(hid, timeout=60)
+        hid, sent = srv.request_at("health")
+        arrived, msg = srv.reply(hid, timeout=60)
         state = result_of(msg, "health")["state"]
         if stage_of is not None and state == "idle":
             label = "after"  # the job ended between the check and the answer
@@ -189,12 +189,12 @@ def while_running(srv: Server, method: str, params: Any, gap: float) -> tuple[di
     """Ping health (grouped by the job's stage) while one queued job runs; return samples, result
     and the job's wall time."""
     stop = threading.Event()
-    rid, sent = srv.request(method, params)
+    rid, sent = srv.request_at(method, params)
     box: dict[str, Any] = {}
 
     def waiter() -> None:
         try:
-            box["answer"] = srv.wait(rid, timeout=1800)
+            box["answer"] = srv.reply(rid, timeout=1800)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             box["error"] = exc
         finally:
@@ -355,10 +355,10 @@ def main() -> int:
     # 2a/3a. idle, without and with the model ---------------------------------------------------
     with Server(env) as srv:
         srv.wait_ready()
-        srv.call("health", timeout=60)
+        srv.timed_call("health", timeout=60)
         lat.append(latency_row("idle, no model", ping(srv, None, pings, 0.0)["idle"], None))
         thr.append(throughput_rows(srv, "idle, no model", n_pipe, runs))
-        srv.call("reload_model", {"precision": "fp32"})
+        srv.timed_call("reload_model", {"precision": "fp32"}, timeout=600)
         lat.append(latency_row("idle, model loaded", ping(srv, None, pings, 0.0)["idle"], None))
         thr.append(throughput_rows(srv, "idle, model loaded", n_pipe, runs))
 
@@ -369,7 +369,7 @@ def main() -> int:
     for _ in range(loads):
         with Server(env) as srv:
             srv.wait_ready()
-            srv.call("health", timeout=60)  # torch imported: only the model load remains
+            srv.timed_call("health", timeout=60)  # torch imported: only the model load remains
             for kind, bucket in (("cold", cold), ("warm", warm)):
                 samples, _, took = while_running(
                     srv, "reload_model", {"precision": "fp32"}, args.gap
@@ -393,8 +393,8 @@ def main() -> int:
     info = []
     with Server(scripted_env, module="tests.scripted_server") as srv:
         srv.wait_ready()
-        srv.call("health", timeout=60)
-        srv.call("reload_model", {"precision": "fp32"})
+        srv.timed_call("health", timeout=60)
+        srv.timed_call("reload_model", {"precision": "fp32"}, timeout=600)
         params = {"audio_path": str(audio), "max_new_tokens": 4096}
         for _ in range(jobs):
             samples, result, took = while_running(srv, "transcribe", params, args.gap)
@@ -405,7 +405,7 @@ def main() -> int:
         # pipelined throughput while a job runs (the answers race the worker's notifications)
         rates = []
         for k in range(runs):
-            rid, _ = srv.request("transcribe", params)
+            rid = srv.request("transcribe", params)
             deadline = time.monotonic() + 300
             while srv.stage.get(rid) != "transcribing":  # generating tokens
                 if time.monotonic() > deadline:
@@ -416,7 +416,7 @@ def main() -> int:
                     raise BenchError("the transcription ended before it generated a token")
                 time.sleep(0.01)
             rates.append(pipelined(srv, n_pipe, f"t{k}-"))
-            result_of(srv.wait(rid)[1], "transcribe")
+            srv.result(rid, 600, "the transcribe response")
         thr.append(
             [
                 "while transcribing",
