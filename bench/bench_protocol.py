@@ -2,8 +2,8 @@
 
 Run by hand from the repo root::
 
-    python bench/bench_protocol.py            # full run, ~1.5 min on a quiet machine
-    python bench/bench_protocol.py --quick    # ~30 s
+    python bench/bench_protocol.py            # full run, a few minutes
+    python bench/bench_protocol.py --quick    # ~80 s
     python bench/bench_protocol.py --startup  # only 1. (spawn -> ready -> first health), ~1 min
     python bench/bench_protocol.py --profile  # also cProfile the reader path (handle_line -> _health)
 
