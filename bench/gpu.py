@@ -101,30 +101,30 @@ def job(method: str, params: Any) -> Any:
     return Job(f"bench-{method}", method, params, None, None)
 
 
-def predicted(engine: Any, prepared: Any, duration: float, budget: int) -> Any:
-    """The planner's figures for this audio's window in the mode the engine loaded (the load plan
-    itself is sized for the longest window, not for this file)."""
+def predicted(engine: Any, loaded: dict[str, Any], duration: float, budget: int) -> Any:
+    """The planner's figures for this audio's window in the mode the engine loaded (``loaded``:
+    the load's plan as health shows it, sized for the longest window, not for this file)."""
     import torch
+    from transformers import AutoConfig
 
-    loaded = prepared.plan
-    window = min(duration, engine.config.max_window_seconds, loaded.max_window_seconds)
-    cuda = prepared.device == "cuda"
+    window = min(duration, engine.config.max_window_seconds, loaded["max_window_seconds"])
+    cuda = loaded["device"] == "cuda"
     plan = planner.plan(
-        prepared.config,
-        loaded.precision,
+        AutoConfig.from_pretrained(engine.snapshot()["model"]),
+        loaded["precision"],
         audio_seconds=window,
-        free_vram_bytes=loaded.free_vram_bytes,
-        total_vram_bytes=loaded.total_vram_bytes,
-        device=prepared.device,
+        free_vram_bytes=loaded["free_vram_bytes"],
+        total_vram_bytes=loaded["total_vram_bytes"],
+        device=loaded["device"],
         bf16_supported=torch.cuda.is_bf16_supported() if cuda else True,  # as the loader asks
         max_new_tokens=budget,
         allow_cpu_offload=engine.config.allow_cpu_offload,
     )
     mode = ("lm_dtype", "encoder_dtype", "encoders_on_cpu_between_jobs", "encoder_chunk_samples")
-    if any(getattr(plan, k) != getattr(loaded, k) for k in mode):
+    if any(getattr(plan, k) != loaded[k] for k in mode):
         print(
             f"    note: for a {window:.0f} s window the planner would pick {plan.summary}; the "
-            f"engine loaded {loaded.summary} (planned for its longest window): the prediction "
+            f"engine loaded {loaded['summary']} (planned for its longest window): the prediction "
             "is for the planner's pick"
         )
     return plan
@@ -135,41 +135,21 @@ def bench_precision(
 ) -> dict[str, Any]:
     import torch
 
-    from vibevoice_rpc import loader
     from vibevoice_rpc.errors import ModelDoesNotFit, OutOfMemory, RpcError
     from vibevoice_rpc.messages import ReloadParams, TranscribeParams
 
     cuda = args.device == "cuda"
     result: dict[str, Any] = {"precision": precision, "runs": []}
-    try:  # the engine plans again inside reload; this one only tells what it will load
-        prepared = loader.prepare_load(
-            precision,
-            model_path=engine.model_path,
-            device_pref=args.device,
-            offline=engine.config.offline,
-            allow_cpu_offload=engine.config.allow_cpu_offload,
-        )
-    except ModelDoesNotFit as err:
-        print(f"  {precision}: skipped: {err.message} (--force to try anyway)")
-        result["skipped"] = err.message
-        return result
-    except RpcError as err:
-        print(f"  {precision}: cannot load: {err.message}")
-        result["error"] = err.message
-        return result
-    print(f"  plan: {prepared.plan.summary}")
-    for note in prepared.plan.notes:
-        print(f"    note: {note}")
-    plan = predicted(engine, prepared, duration, budget)
-    result["plan"] = plan.to_dict()
-    result["load_plan"] = prepared.plan.to_dict()
-
     params = ReloadParams(precision=precision)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    try:
+    try:  # what reload_model runs: plan (loader.prepare_load), then load (loader.load_model)
         engine.reload(params, job("reload_model", params))
+    except ModelDoesNotFit as err:
+        print(f"  {precision}: skipped: {err.message} (--force to try anyway)")
+        result["skipped"] = err.message
+        return result
     except RpcError as err:
         print(f"  {precision}: load failed: {err.message}")
         result["error"] = err.message
@@ -177,14 +157,20 @@ def bench_precision(
     if cuda:
         torch.cuda.synchronize()
     result["load_seconds"] = round(time.perf_counter() - started, 2)
+    loaded = engine.snapshot()["plan"]
+    result["load_plan"] = loaded
+    print(f"  plan: {loaded['summary']}")
+    for note in loaded["notes"]:
+        print(f"    note: {note}")
     if cuda:
         result["weights_bytes"] = torch.cuda.memory_allocated()
         result["load_peak_bytes"] = torch.cuda.max_memory_allocated()
     print(
         f"  loaded in {result['load_seconds']:.1f} s"
         + (f"; on the GPU after the load {_gib(result['weights_bytes'])} GiB" if cuda else "")
-        + f" (resident planned {_gib(prepared.plan.weights_bytes['resident'])} GiB)"
+        + f" (resident planned {_gib(loaded['weights_bytes']['resident'])} GiB)"
     )
+    result["plan"] = predicted(engine, loaded, duration, budget).to_dict()
 
     params = TranscribeParams(
         audio_path=args.audio, max_new_tokens=args.max_new_tokens, context=args.prompt
@@ -277,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     budget = planner.output_budget(duration, args.max_new_tokens)
     engine = make_engine(args)
+    # torch and transformers once, before any load is timed (the server imports them in the
+    # background after ready, the first load of a fresh server waits for that)
+    import transformers  # noqa: F401
+
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print(
