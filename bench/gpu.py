@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_engine(args: argparse.Namespace) -> Any:
-    """The server's engine, configured as the server would be, with the flags on top."""
+def make_engine(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The server's engine and its configuration, read as the server reads it, flags on top."""
     from vibevoice_rpc.config import Config
     from vibevoice_rpc.engine import Engine
 
@@ -89,9 +89,8 @@ def make_engine(args: argparse.Namespace) -> Any:
     config.model_path = args.model or config.model_path
     config.device = args.device
     config.allow_cpu_offload = args.force or config.allow_cpu_offload
-    if args.precisions:
-        config.precision = args.precisions[0]
-    return Engine(config)
+    config.precision = args.precisions[0]
+    return Engine(config), config
 
 
 def job(method: str, params: Any) -> Any:
@@ -101,16 +100,18 @@ def job(method: str, params: Any) -> Any:
     return Job(f"bench-{method}", method, params, None, None)
 
 
-def predicted(engine: Any, loaded: dict[str, Any], duration: float, budget: int) -> Any:
-    """The planner's figures for this audio's window in the mode the engine loaded (``loaded``:
-    the load's plan as health shows it, sized for the longest window, not for this file)."""
+def predicted(config: Any, meta: Any, duration: float, budget: int) -> Any:
+    """The planner's figures for this audio's window in the mode the engine loaded. ``meta``: a
+    transcription's metadata, whose ``plan`` is the load's (sized for the longest window, not for
+    this file) and ``model`` the checkpoint folder."""
     import torch
     from transformers import AutoConfig
 
-    window = min(duration, engine.config.max_window_seconds, loaded["max_window_seconds"])
+    loaded = meta.plan
+    window = min(duration, config.max_window_seconds, loaded["max_window_seconds"])
     cuda = loaded["device"] == "cuda"
     plan = planner.plan(
-        AutoConfig.from_pretrained(engine.snapshot()["model"]),
+        AutoConfig.from_pretrained(meta.model),
         loaded["precision"],
         audio_seconds=window,
         free_vram_bytes=loaded["free_vram_bytes"],
@@ -118,7 +119,7 @@ def predicted(engine: Any, loaded: dict[str, Any], duration: float, budget: int)
         device=loaded["device"],
         bf16_supported=torch.cuda.is_bf16_supported() if cuda else True,  # as the loader asks
         max_new_tokens=budget,
-        allow_cpu_offload=engine.config.allow_cpu_offload,
+        allow_cpu_offload=config.allow_cpu_offload,
     )
     mode = ("lm_dtype", "encoder_dtype", "encoders_on_cpu_between_jobs", "encoder_chunk_samples")
     if any(getattr(plan, k) != loaded[k] for k in mode):
@@ -131,7 +132,7 @@ def predicted(engine: Any, loaded: dict[str, Any], duration: float, budget: int)
 
 
 def bench_precision(
-    args: argparse.Namespace, engine: Any, precision: str, duration: float, budget: int
+    args: argparse.Namespace, engine: Any, config: Any, precision: str, duration: float, budget: int
 ) -> dict[str, Any]:
     import torch
 
@@ -157,20 +158,13 @@ def bench_precision(
     if cuda:
         torch.cuda.synchronize()
     result["load_seconds"] = round(time.perf_counter() - started, 2)
-    loaded = engine.snapshot()["plan"]
-    result["load_plan"] = loaded
-    print(f"  plan: {loaded['summary']}")
-    for note in loaded["notes"]:
-        print(f"    note: {note}")
     if cuda:
         result["weights_bytes"] = torch.cuda.memory_allocated()
         result["load_peak_bytes"] = torch.cuda.max_memory_allocated()
     print(
         f"  loaded in {result['load_seconds']:.1f} s"
         + (f"; on the GPU after the load {_gib(result['weights_bytes'])} GiB" if cuda else "")
-        + f" (resident planned {_gib(loaded['weights_bytes']['resident'])} GiB)"
     )
-    result["plan"] = predicted(engine, loaded, duration, budget).to_dict()
 
     params = TranscribeParams(
         audio_path=args.audio, max_new_tokens=args.max_new_tokens, context=args.prompt
@@ -188,6 +182,12 @@ def bench_precision(
             result["runs"].append(run)
             continue
         meta = out.metadata
+        if "plan" not in result and meta.plan is not None:  # the load's plan, as the app sees it
+            print(f"  plan: {meta.plan['summary']}")
+            for note in meta.plan["notes"]:
+                print(f"    note: {note}")
+            result["load_plan"] = meta.plan
+            result["plan"] = predicted(config, meta, duration, budget).to_dict()
         run.update(
             seconds=meta.processing_time,
             rtf=round(meta.processing_time / duration, 4),
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/gpu.py: {args.audio}: {err.message}", file=sys.stderr)
         return 1
     budget = planner.output_budget(duration, args.max_new_tokens)
-    engine = make_engine(args)
+    engine, config = make_engine(args)
     # torch and transformers once, before any load is timed (the server imports them in the
     # background after ready, the first load of a fresh server waits for that)
     import transformers  # noqa: F401
@@ -271,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print(
         f"audio: {args.audio} ({duration:.1f} s), max_new_tokens {budget}, "
-        f"model {engine.model_path or 'the default folder / Hugging Face cache'}"
+        f"model {config.model_path or 'the default folder / Hugging Face cache'}"
     )
     results = []
     try:
         for precision in args.precisions:
             print(f"{precision}:")
-            results.append(bench_precision(args, engine, precision, duration, budget))
+            results.append(bench_precision(args, engine, config, precision, duration, budget))
     finally:
         engine.unload(job("unload_model", None))
     print_table(results, args.device == "cuda")
