@@ -1,5 +1,6 @@
-"""Shared helpers of the server benchmarks (bench_protocol.py, bench_engine.py): a lean JSON-RPC
-client for the real server process, statistics, tables, the machine header and cleanup.
+"""Shared helpers of the server benchmarks (bench_protocol.py, bench_engine.py, bench_remote.py):
+the server process (the tests' client, tests/rpc_client.py, with a log file and progress tracking),
+statistics, tables, the machine header and cleanup.
 
 Not a benchmark itself. The client timestamps every stdout line in its reader thread the moment it
 is read (``time.perf_counter``), so round trips are measured from the request's write to the arrival
@@ -21,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as ``python bench/x.py``: the tests' client lives in tests/
+    sys.path.insert(0, str(ROOT))
+
+from tests import rpc_client  # noqa: E402
+from tests.rpc_client import RpcProcess  # noqa: E402
+
 CLIP = ROOT / "vibevoice_rpc" / "data" / "two_speakers.opus"
 
 _LIVE: set[Server] = set()
@@ -207,27 +213,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], note: str | Non
 
 def tiny_model() -> Path:
     """The tiny random-weight model's checkpoint folder (built once, cached under the temp dir)."""
-    sys.path.insert(0, str(ROOT))
     from vibevoice_rpc.tiny import tiny_model_dir
 
     return tiny_model_dir()
 
 
 def server_env(model_dir: Path | str | None, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "VIBEVOICE_OFFLINE": "1",
-            "VIBEVOICE_PRECISION": "fp32",
-            "VIBEVOICE_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    """The tests' server environment (offline, INFO logs, unbuffered), fp32, ``model_dir``."""
     if model_dir is not None:
-        env["VIBEVOICE_MODEL_PATH"] = str(model_dir)
-    env.update(extra)
-    return env
+        extra = {"VIBEVOICE_MODEL_PATH": str(model_dir), **extra}
+    return rpc_client.server_env(**{"VIBEVOICE_PRECISION": "fp32", **extra})
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -249,9 +244,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Server:
+class Server(RpcProcess):
     """The real server as a child process (``python -m vibevoice_rpc`` unless ``module`` says
-    otherwise), cwd = repo root, stderr to a log file. Every stdout line must be JSON."""
+    otherwise), cwd = repo root, stderr to a log file, driven by the tests' client
+    (tests/rpc_client.py: every stdout line timestamped as it is read). Also tracks each request's
+    progress stages and segments as they arrive. Failures raise :class:`BenchError`; stopped at
+    exit, also on an error or SIGTERM."""
 
     def __init__(
         self,
@@ -261,183 +259,44 @@ class Server:
         args: Sequence[str] = (),
         log_dir: Path | None = None,
     ) -> None:
-        self._log_dir = log_dir or temp_dir("vibevoice-bench-log-")
-        self.log_path = self._log_dir / f"server-{time.time_ns()}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in kill()/close()
-        self._cv = threading.Condition()
-        self._responses: dict[Any, tuple[float, Any]] = {}
-        self.notifications: dict[str, int] = {}
         self.stage: dict[Any, str] = {}  # request id -> latest progress stage
         self.segments: dict[Any, int] = {}  # request id -> segment notifications seen
         # (request id, stage) -> arrival of that stage's first progress; request id -> first segment
         self.stage_at: dict[tuple[Any, str], float] = {}
         self.first_segment_at: dict[Any, float] = {}
-        # raw_sink(arrival, line) -> True when it consumed the line (skips JSON parsing; used for
-        # pipelined bursts); lines it returns False for are handled as usual.
-        self.raw_sink: Callable[[float, bytes], bool] | None = None
-        self.ready_at: float | None = None
-        self.bad_lines: list[bytes] = []
-        self._next = 0
-        self._write_lock = threading.Lock()
-        self.spawned_at = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
+        log = (log_dir or temp_dir("vibevoice-bench-log-")) / f"server-{time.time_ns()}.log"
+        super().__init__(
+            cmd=[sys.executable, "-m", module, *args],
             env=env,
             cwd=str(ROOT),
+            stderr_path=log,
+            failure=BenchError,
+            strict=False,
         )
         _LIVE.add(self)
-        self._reader = threading.Thread(target=self._read, name="bench-reader", daemon=True)
-        self._reader.start()
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def _on_message(self, now: float, msg: Any) -> None:
+        super()._on_message(now, msg)
+        if not isinstance(msg, dict):
+            return
+        params = msg.get("params") or {}
+        if msg.get("method") == "progress":
+            stage = params.get("stage", "")
+            self.stage[params.get("id")] = stage
+            self.stage_at.setdefault((params.get("id"), stage), now)
+        elif msg.get("method") == "segment":
+            rid = params.get("id")
+            self.segments[rid] = self.segments.get(rid, 0) + 1
+            self.first_segment_at.setdefault(rid, now)
 
-    # reading -----------------------------------------------------------------------------------
-    def _read(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        clock = time.perf_counter
-        for line in stdout:
-            now = clock()
-            sink = self.raw_sink
-            if sink is not None and self.ready_at is not None and sink(now, line):
-                continue
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                self.bad_lines.append(line)
-                continue
-            with self._cv:
-                if isinstance(msg, dict) and "method" in msg:
-                    method = msg["method"]
-                    self.notifications[method] = self.notifications.get(method, 0) + 1
-                    params = msg.get("params") or {}
-                    if method == "ready":
-                        self.ready_at = now
-                    elif method == "progress":
-                        stage = params.get("stage", "")
-                        self.stage[params.get("id")] = stage
-                        self.stage_at.setdefault((params.get("id"), stage), now)
-                    elif method == "segment":
-                        rid = params.get("id")
-                        self.segments[rid] = self.segments.get(rid, 0) + 1
-                        self.first_segment_at.setdefault(rid, now)
-                elif isinstance(msg, dict):
-                    self._responses[msg.get("id")] = (now, msg)
-                self._cv.notify_all()
-        with self._cv:
-            self._cv.notify_all()
-
-    def wait_ready(self, timeout: float = 60) -> float:
-        """Seconds from spawn to the ``ready`` line."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self.ready_at is None:
-                self._check_alive()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"no ready line after {timeout} s\n{self.log_tail()}")
-                self._cv.wait(min(left, 0.2))
-            return self.ready_at - self.spawned_at
-
-    # writing -----------------------------------------------------------------------------------
-    def write(self, data: bytes) -> float:
-        """Write raw bytes; return the perf_counter time just before the write."""
-        stdin = self.proc.stdin
-        assert stdin is not None
-        with self._write_lock:
-            t = time.perf_counter()
-            stdin.write(data)
-            stdin.flush()
-        return t
-
-    def request(self, method: str, params: Any = None, id_: Any = None) -> tuple[Any, float]:
-        """Send a request; return (id, time sent)."""
-        if id_ is None:
-            self._next += 1
-            id_ = f"b{self._next}"
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params is not None:
-            msg["params"] = params
-        return id_, self.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-
-    def wait(self, id_: Any, timeout: float = 600) -> tuple[float, Any]:
-        """(arrival time, message) of the response to ``id_``; raises BenchError on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while id_ not in self._responses:
-                self._check_alive()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"no answer to {id_!r} after {timeout} s\n{self.log_tail()}")
-                self._cv.wait(min(left, 0.5))
-            return self._responses.pop(id_)
-
-    def poll(self, id_: Any) -> tuple[float, Any] | None:
-        with self._cv:
-            return self._responses.pop(id_, None)
-
-    def call(self, method: str, params: Any = None, timeout: float = 600) -> tuple[float, Any]:
-        """(round-trip seconds, result). An error response raises BenchError."""
-        id_, sent = self.request(method, params)
-        arrived, msg = self.wait(id_, timeout)
-        return arrived - sent, result_of(msg, method)
-
-    def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"the server exited with code {self.proc.returncode}\n{self.log_tail()}"
-            )
-
-    # memory ------------------------------------------------------------------------------------
     def rss(self) -> int:
         return proc_status(self.pid)["VmRSS"]
 
     def hwm(self) -> int:
         return proc_status(self.pid)["VmHWM"]
 
-    # stopping ----------------------------------------------------------------------------------
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            self._log.flush()
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "server stderr (tail):\n" + text[-chars:]
-
-    def close(self, timeout: float = 15) -> float | None:
-        """``shutdown``, then wait for the exit; return seconds from the request to the exit."""
-        if self.proc.poll() is not None:
-            self.kill()
-            return None
-        t0 = time.perf_counter()
-        try:
-            self.write(b'{"jsonrpc":"2.0","id":"bench-shutdown","method":"shutdown"}\n')
-            self.proc.wait(timeout)
-            took = time.perf_counter() - t0
-        except (OSError, subprocess.TimeoutExpired):
-            took = None
-        self.kill()
-        return took
-
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                pass
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-        self._log.close()
+        super().kill()
         _LIVE.discard(self)
 
     def __enter__(self) -> Server:

@@ -55,7 +55,6 @@ from _common import (  # noqa: E402
     median,
     mib,
     print_header,
-    result_of,
     run_main,
     server_env,
     spread,
@@ -119,7 +118,7 @@ class Direct:
 
 
 def rpc_transcribe(srv: Server, audio: Path, max_new_tokens: int) -> tuple[float, dict[str, Any]]:
-    took, result = srv.call(
+    took, result = srv.timed_call(
         "transcribe", {"audio_path": str(audio), "max_new_tokens": max_new_tokens}, timeout=3600
     )
     return took, result
@@ -146,10 +145,10 @@ class Pool:
                 continue
             self._loaded.add(key)
             srv.wait_ready()
-            srv.call("health", timeout=60)
-            pending.append((srv, srv.request("reload_model", {"precision": "fp32"})[0]))
+            srv.timed_call("health", timeout=60)
+            pending.append((srv, srv.request("reload_model", {"precision": "fp32"})))
         for srv, rid in pending:
-            result_of(srv.wait(rid)[1], "reload_model")
+            srv.result(rid, 600, "the reload_model response")
 
     def get(self, key: str, env: dict[str, str], module: str = "vibevoice_rpc") -> Server:
         """The server for ``key``, with the model loaded (a fresh one when not pre-spawned)."""
@@ -157,8 +156,8 @@ class Pool:
         if srv is None:
             srv = Server(env, module=module)
             srv.wait_ready()
-            srv.call("health", timeout=60)
-            srv.call("reload_model", {"precision": "fp32"})
+            srv.timed_call("health", timeout=60)
+            srv.timed_call("reload_model", {"precision": "fp32"}, timeout=600)
         return srv
 
 

@@ -74,7 +74,7 @@ def concurrency(url: str, n: int, args: argparse.Namespace, duration: float) -> 
         pending = {s: 0 for s in servers}
         sent: dict[Server, tuple[object, float]] = {}
         for s in servers:
-            sent[s] = s.request("transcribe", params)
+            sent[s] = s.request_at("transcribe", params)
         while sent:
             for s in list(sent):
                 rid, t0 = sent[s]
@@ -91,7 +91,7 @@ def concurrency(url: str, n: int, args: argparse.Namespace, duration: float) -> 
                 pending[s] += 1
                 del sent[s]
                 if pending[s] < args.jobs:
-                    sent[s] = s.request("transcribe", params)
+                    sent[s] = s.request_at("transcribe", params)
             time.sleep(0.005)
         wall = time.perf_counter() - started
         jobs = n * args.jobs
@@ -113,14 +113,14 @@ def cancels(url: str, args: argparse.Namespace) -> list[float]:
     with Server(sidecar_env(url, args)) as s:
         s.wait_ready()
         for _ in range(args.cancels):
-            rid, _t0 = s.request("transcribe", {"audio_path": str(args.clip)})
+            rid = s.request("transcribe", {"audio_path": str(args.clip)})
             deadline = time.perf_counter() + 120
             while (rid, "transcribing") not in s.stage_at:
                 if time.perf_counter() > deadline:
                     raise BenchError("no first token within 120 s")
                 time.sleep(0.002)
-            _cid, sent = s.request("cancel", {"id": rid})
-            arrived, msg = s.wait(rid, timeout=60)
+            _cid, sent = s.request_at("cancel", {"id": rid})
+            arrived, msg = s.reply(rid, timeout=60)
             if msg.get("error", {}).get("code") != -32800:
                 raise BenchError(f"cancel did not give -32800: {msg}")
             out.append(arrived - sent)

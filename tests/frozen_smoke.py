@@ -28,18 +28,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: ``python tests/frozen_smoke.py …``
+    sys.path.insert(0, str(REPO))
+
+from tests.rpc_client import RpcProcess  # noqa: E402
+
 CLIP = REPO / "vibevoice_rpc" / "data" / "two_speakers.opus"
 CLIP_SECONDS = 11.5
 
@@ -144,153 +147,29 @@ def build_tiny_model() -> Path:
 # --- the server as a child process -----------------------------------------------------------
 
 
-class Server:
-    """The frozen server over pipes. Every stdout line must be one JSON-RPC 2.0 message."""
-
-    def __init__(self, exe: Path, env: dict[str, str], cwd: Path, args: list[str] | None = None):
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [str(exe), *(args or [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=str(cwd),
-        )
-        self.messages: list[tuple[float, Any]] = []  # (arrival, message)
-        self.bad_lines: list[str] = []
-        self._q: queue.Queue[tuple[float, Any] | None] = queue.Queue()
-        self._stderr: list[bytes] = []
-        self._seen = 0
-        self._next_id = 0
-        self._t_out = threading.Thread(target=self._read_stdout, daemon=True)
-        self._t_err = threading.Thread(target=self._read_stderr, daemon=True)
-        self._t_out.start()
-        self._t_err.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            now = time.monotonic()
-            problem = None
-            try:
-                if not raw.endswith(b"\n"):
-                    problem = "line does not end in \\n"
-                text = raw.decode("utf-8")
-                if "\r" in text.rstrip("\r\n") or text.endswith("\r\n"):
-                    problem = "line contains a carriage return"
-                msg = json.loads(text)
-                if not isinstance(msg, (dict, list)):
-                    problem = "not a JSON object or array"
-                elif isinstance(msg, dict) and msg.get("jsonrpc") != "2.0":
-                    problem = 'no "jsonrpc": "2.0"'
-            except (UnicodeDecodeError, ValueError) as exc:
-                problem = f"not valid UTF-8 JSON ({exc})"
-                msg = None
-            if problem:
-                self.bad_lines.append(f"{problem}: {raw[:300]!r}")
-            self._q.put((now, msg))
-        self._q.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
-            self._stderr.append(chunk)
-
-    @property
-    def stderr(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")
-
-    def send(self, obj: Any) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
-            self.proc.stdin.flush()
-        except OSError as exc:
-            fail(f"writing to the server's stdin failed ({exc}); exit code {self.proc.poll()}")
-
-    def request(self, method: str, params: Any = None) -> int:
-        self._next_id += 1
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
-        if params is not None:
-            msg["params"] = params
-        self.send(msg)
-        return self._next_id
-
-    def next_message(self, deadline: float, what: str) -> tuple[float, Any]:
-        """The next stdout message, in arrival order; fails at the deadline or at EOF."""
-        while True:
-            if self._seen < len(self.messages):
-                self._seen += 1
-                return self.messages[self._seen - 1]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                fail(f"timed out waiting for {what}")
-            try:
-                item = self._q.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if item is None:
-                self._q.put(None)  # keep the EOF marker for later callers
-                fail(f"stdout closed while waiting for {what} (exit code {self.proc.poll()})")
-            self.messages.append(item)
-
-    def wait_reply(self, id_: int, timeout: float, what: str) -> tuple[float, dict[str, Any]]:
-        """The response to ``id_`` (result or error), skipping everything before it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            at, msg = self.next_message(deadline, what)
-            if isinstance(msg, dict) and "method" not in msg and msg.get("id") == id_:
-                return at, msg
-
-    def wait_response(self, id_: int, timeout: float, what: str) -> tuple[float, Any]:
-        at, msg = self.wait_reply(id_, timeout, what)
-        if "error" in msg:
-            fail(f"{what}: error response {json.dumps(msg['error'], ensure_ascii=False)[:1500]}")
-        check("result" in msg, f"{what}: response without result: {msg}")
-        return at, msg["result"]
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            fail(f"the server did not exit within {timeout:.0f} s")
-        self._t_out.join(5)
-        self._t_err.join(5)
-        while True:  # drain what arrived after the last message we waited for
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self.messages.append(item)
-        return code
-
-    def check_stdout(self) -> None:
-        if self.bad_lines:
-            fail(
-                "stdout carried a line that is not a JSON-RPC message:\n  "
-                + "\n  ".join(self.bad_lines[:5])
-            )
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                if stream:
-                    stream.close()
-            except OSError:
-                pass
+def spawn(exe: Path, env: dict[str, str], cwd: Path, args: list[str] | None = None) -> RpcProcess:
+    """The frozen server over pipes (tests/rpc_client.py); every stdout line must be one JSON-RPC
+    2.0 message, every wait fails with :class:`SmokeFailure`."""
+    return RpcProcess(
+        cmd=[str(exe), *(args or [])],
+        env=env,
+        cwd=str(cwd),
+        failure=SmokeFailure,
+        strict=False,
+    )
 
 
-def expect_ready(server: Server) -> float:
+def with_tail(exc: SmokeFailure, server: RpcProcess, prefix: str = "") -> SmokeFailure:
+    """``exc`` with the server's stderr tail (the client's own failures already carry it)."""
+    text = str(exc)
+    if "stderr tail:" not in text:
+        text += f"\nstderr tail:\n{server.stderr[-4000:]}"
+    return SmokeFailure(prefix + text)
+
+
+def expect_ready(server: RpcProcess) -> float:
     """Wait for the first line; it must be ``ready``. Returns spawn -> ready in seconds."""
-    at, msg = server.next_message(server.started + READY_TIMEOUT, "the ready notification")
+    msg = server.wait_for(lambda m: True, READY_TIMEOUT, "the ready notification")
     check(
         isinstance(msg, dict) and msg.get("method") == "ready" and "id" not in msg,
         f"the first stdout line is not the ready notification: {msg!r}",
@@ -302,19 +181,20 @@ def expect_ready(server: Server) -> float:
         params["pid"] == server.proc.pid,
         f"ready.pid {params['pid']} != child pid {server.proc.pid}",
     )
-    return at - server.started
+    assert server.ready_at is not None
+    return server.ready_at - server.started
 
 
-def shutdown(server: Server) -> float:
+def shutdown(server: RpcProcess) -> float:
     """``shutdown`` -> response -> exit code 0. Returns request -> exit in seconds."""
-    t0 = time.monotonic()
-    sid = server.request("shutdown")
-    _, result = server.wait_response(sid, 30, "the shutdown response")
+    sid, sent = server.request_at("shutdown")
+    _, result = server.result(sid, 30, "the shutdown response")
     check(result.get("status") == "ok", f"shutdown result: {result}")
     code = server.wait_exit(EXIT_TIMEOUT)
+    exited = time.perf_counter()
     check(code == 0, f"exit code after shutdown is {code}, not 0")
-    server.check_stdout()
-    return time.monotonic() - t0
+    server.check_lines()
+    return exited - sent
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -360,14 +240,12 @@ def check_spawns(
 ) -> tuple[list[float], list[float]]:
     readies, exits = [], []
     for i in range(n):
-        server = Server(exe, env, cwd)
+        server = spawn(exe, env, cwd)
         try:
             readies.append(expect_ready(server))
             exits.append(shutdown(server))
         except SmokeFailure as exc:
-            raise SmokeFailure(
-                f"spawn {i + 1}: {exc}\nstderr tail:\n{server.stderr[-3000:]}"
-            ) from None
+            raise with_tail(exc, server, f"spawn {i + 1}: ") from None
         finally:
             server.kill()
     return readies, exits
@@ -377,13 +255,12 @@ def check_session(
     exe: Path, env: dict[str, str], cwd: Path, audio: Path, version: str
 ) -> dict[str, float]:
     figures: dict[str, float] = {}
-    server = Server(exe, env, cwd)
+    server = spawn(exe, env, cwd)
     try:
         figures["ready"] = expect_ready(server)
 
-        hid = server.request("health")
-        t_req = time.monotonic()
-        at, health = server.wait_response(hid, HEALTH_TIMEOUT, "the health response")
+        hid, t_req = server.request_at("health")
+        at, health = server.result(hid, HEALTH_TIMEOUT, "the health response")
         figures["health"] = at - server.started
         figures["health_rtt"] = at - t_req
         check(health.get("status") == "ok", f"health.status: {health}")
@@ -403,27 +280,16 @@ def check_session(
         )
 
         params = {"audio_path": str(audio), "max_new_tokens": 48}
-        t0 = time.monotonic()
-        tid = server.request("transcribe", params)
-        deadline = t0 + TRANSCRIBE_TIMEOUT
-        progress: list[dict[str, Any]] = []
-        segments_seen = 0
-        while True:
-            _, msg = server.next_message(deadline, "the transcribe result")
-            if not isinstance(msg, dict):
-                continue
-            if msg.get("method") == "progress" and (msg.get("params") or {}).get("id") == tid:
-                progress.append(msg["params"])
-            elif msg.get("method") == "segment" and (msg.get("params") or {}).get("id") == tid:
-                segments_seen += 1
-            elif "method" not in msg and msg.get("id") == tid:
-                if "error" in msg:
-                    fail(
-                        f"transcribe: error response {json.dumps(msg['error'], ensure_ascii=False)[:1500]}"
-                    )
-                result = msg.get("result")
-                break
-        figures["transcribe"] = time.monotonic() - t0
+        tid, t0 = server.request_at("transcribe", params)
+        arrived, reply = server.reply(tid, TRANSCRIBE_TIMEOUT, "the transcribe result")
+        figures["transcribe"] = arrived - t0
+        if "error" in reply:
+            fail(
+                f"transcribe: error response {json.dumps(reply['error'], ensure_ascii=False)[:1500]}"
+            )
+        result = reply.get("result")
+        progress = server.notifications("progress", tid, before=reply)
+        segments_seen = len(server.notifications("segment", tid, before=reply))
         check_result(result, progress)
         figures["processing_time"] = float(result["metadata"]["processing_time"])
         figures["progress"] = len(progress)
@@ -436,7 +302,7 @@ def check_session(
         print(f"  progress stages: {' -> '.join(stages)} ({len(progress)} notifications)")
 
         hid = server.request("health")
-        _, health = server.wait_response(hid, 30, "the health response after transcribe")
+        _, health = server.result(hid, 30, "the health response after transcribe")
         check(health.get("model_loaded") is True, f"model not loaded after transcribe: {health}")
         check(
             health.get("precision") == "fp32",
@@ -446,19 +312,17 @@ def check_session(
         if (exe.parent / "_internal" / "bitsandbytes").is_dir():  # bundled: prove int8 works frozen
             t0 = time.monotonic()
             rid = server.request("reload_model", {"precision": "int8"})
-            _, reload = server.wait_response(
-                rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response"
-            )
+            _, reload = server.result(rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response")
             check("int8" in str(reload.get("message")), f"reload_model int8: {reload}")
             tid = server.request("transcribe", {"audio_path": str(audio), "max_new_tokens": 4})
-            _, result = server.wait_response(tid, TRANSCRIBE_TIMEOUT, "the int8 transcribe result")
+            _, result = server.result(tid, TRANSCRIBE_TIMEOUT, "the int8 transcribe result")
             check(result.get("status") == "success", f"int8 transcribe: {result}")
             precision = result["metadata"]["model_precision"]
             check(precision == "int8", f"int8 transcribe ran in {precision}")
             figures["int8"] = time.monotonic() - t0
         else:  # left out (VIBEVOICE_BUILD_BITSANDBYTES=0): int8 must fail cleanly, not crash
             rid = server.request("reload_model", {"precision": "int8"})
-            _, reply = server.wait_reply(rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response")
+            _, reply = server.reply(rid, TRANSCRIBE_TIMEOUT, "the reload_model int8 response")
             err = reply.get("error") or {}
             check(
                 err.get("code") == -32004 and "bitsandbytes" in str(err.get("message")),
@@ -467,7 +331,7 @@ def check_session(
 
         figures["shutdown"] = shutdown(server)
     except SmokeFailure as exc:
-        raise SmokeFailure(f"{exc}\nstderr tail:\n{server.stderr[-4000:]}") from None
+        raise with_tail(exc, server) from None
     finally:
         server.kill()
     return figures
@@ -496,11 +360,11 @@ def check_m4a(exe: Path, env: dict[str, str], cwd: Path, m4a: Path) -> float:
     env = {k: v for k, v in env.items() if k != "VIBEVOICE_FFMPEG"}
     if os.name != "nt":  # (Windows' minimal PATH holds System32 only: no ffmpeg there)
         env["PATH"] = str(nobin)
-    server = Server(exe, env, cwd)
+    server = spawn(exe, env, cwd)
     try:
         expect_ready(server)
         tid = server.request("transcribe", {"audio_path": str(m4a), "max_new_tokens": 4})
-        _, reply = server.wait_reply(tid, TRANSCRIBE_TIMEOUT, "the M4A transcribe result")
+        _, reply = server.reply(tid, TRANSCRIBE_TIMEOUT, "the M4A transcribe result")
         err = reply.get("error")
         check(err is None, f"transcribe of the M4A: {json.dumps(err, ensure_ascii=False)[:1500]}")
         result = reply["result"]
@@ -509,13 +373,11 @@ def check_m4a(exe: Path, env: dict[str, str], cwd: Path, m4a: Path) -> float:
         check(
             abs(duration - CLIP_SECONDS) < 0.2, f"M4A decoded to {duration} s, not ~{CLIP_SECONDS}"
         )
-        shutdown(server)
-        server._t_err.join(10)  # exited: the log is complete once stderr reaches EOF
+        shutdown(server)  # exited and read to EOF: the log is complete
         check("with pyav" in server.stderr, "the server's log does not say PyAV decoded the M4A")
-        server.check_stdout()
         return duration
     except SmokeFailure as exc:
-        raise SmokeFailure(f"{exc}\nstderr tail:\n{server.stderr[-4000:]}") from None
+        raise with_tail(exc, server) from None
     finally:
         server.kill()
 
