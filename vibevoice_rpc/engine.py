@@ -121,18 +121,25 @@ class Engine:
     # --- state for health (reader thread) -------------------------------------------------
 
     def warm_up(self) -> None:
-        """Probe the GPU through NVML and import torch, each on a background thread, so health can
-        report the GPU without a model and without waiting for either (and huggingface_hub, so
-        the first ``model_status`` does not wait for it). The remote backend needs
-        no torch: it probes its server instead (torch is imported if the app switches to local)."""
-        self.gpu.start()
+        """On one background thread, in this order: start the NVML GPU probe, import
+        huggingface_hub (so the first ``model_status`` does not wait for it), then import torch (the
+        local backend only). Health reports the GPU without a model and without waiting for any of
+        them. One thread, started last: ``import torch`` holds the GIL for ~150 ms in one piece
+        (its C extension's init), so the later it starts the likelier the app's first ``health``
+        has been answered already. The remote backend probes its server instead of importing
+        torch (torch is imported if the app switches to local)."""
+        threading.Thread(target=self._warm_up, name="vibevoice-warmup", daemon=True).start()
+
+    def _warm_up(self) -> None:
         from .download import preimport_hub
 
-        threading.Thread(target=preimport_hub, name="vibevoice-hub-import", daemon=True).start()
-        if self._backend == "remote":
+        self.gpu.start()
+        remote = self._backend == "remote"
+        if remote:
             self._client().refresh_in_background()
-            return
-        threading.Thread(target=self._import_torch, name="vibevoice-warmup", daemon=True).start()
+        preimport_hub()
+        if not remote:
+            self._import_torch()
 
     def _import_torch(self) -> None:
         """Import torch once (the warm-up thread, or the worker if it gets there first)."""

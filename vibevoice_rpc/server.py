@@ -117,6 +117,12 @@ def _answer_late_requests(lines: Iterator[bytes | Oversized], dispatcher: Dispat
 
 def serve(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None) -> int:
     """Serve JSON-RPC on stdin / ``proto_fd`` until told to stop. Does not return normally."""
+    # Everything the read loop needs is imported before `ready` (~20 ms): imported after it, a
+    # first `health` sent on `ready` waited for these imports and then for the warm-up threads.
+    from . import download, watchdog  # noqa: F401 - imported for their cost, here
+    from .engine import Engine  # torch is imported later, on the warm-up thread
+
+    engine = Engine(config, runtime=runtime)
     writer = LineWriter(proto_fd)
     writer.write(
         encode_notification(
@@ -124,9 +130,6 @@ def serve(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None)
         )
     )
     log.debug("ready written (torch imported: %s)", "torch" in sys.modules)
-    from .engine import Engine  # cheap: torch is imported later, on a worker thread
-
-    engine = Engine(config, runtime=runtime)
     sink = current_sink()
     dispatcher = Dispatcher(
         engine,
