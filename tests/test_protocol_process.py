@@ -124,6 +124,30 @@ def test_sigterm_exits_zero():
         assert "SIGTERM" in p.stderr
 
 
+# The server's main thread with SIGTERM blocked, and one thread started before that which takes it:
+# the kernel hands a process-directed signal to any thread that does not block it, and Python only
+# runs the handler in the main thread once it wakes up. This is the race that a loaded machine
+# produces on its own (the signal lands while the reader is on its way into ``read``): the server
+# then ignored SIGTERM until the next stdin line, with an idle stdin for ever.
+_SIGNAL_ELSEWHERE = (
+    "import signal, sys, threading\n"
+    "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "from vibevoice_rpc.__main__ import main\n"
+    "sys.argv[0] = 'vibevoice-rpc'\n"
+    "main()\n"
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_sigterm_taken_by_another_thread_still_stops_an_idle_server():
+    with RpcProcess(cmd=[sys.executable, "-c", _SIGNAL_ELSEWHERE]) as p:
+        p.call("health", timeout=30)  # the reader is idle on stdin from here on
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait_exit(10) == 0
+        assert "exiting (signal SIGTERM)" in p.stderr
+
+
 def _orphan(tmp_path, env, request: bytes = b"", wait_for: str = ""):
     """Start the server under a parent process that dies without closing the server's stdin;
     return (the server's pid, its stderr log). ``request`` is written to the server's stdin
