@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from .conftest import default_threads_env
 from .rpc_client import REPO, RpcProcess, kill_pid, process_alive, server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -304,7 +305,8 @@ def test_requests_written_with_shutdown_are_answered_shutting_down():
 @pytest.mark.model
 @pytest.mark.timeout(240)
 def test_the_tiny_model_by_name_lets_a_person_drive_the_whole_protocol(speech_clip):
-    env = server_env(VIBEVOICE_MODEL_PATH="tiny", VIBEVOICE_PRECISION="fp32")
+    # torch's own thread count, as a person's server runs (the suite's other servers use one)
+    env = default_threads_env(server_env(VIBEVOICE_MODEL_PATH="tiny", VIBEVOICE_PRECISION="fp32"))
     with RpcProcess(env=env) as p:
         rid = p.request("transcribe", {"audio_path": str(speech_clip), "max_new_tokens": 8})
         res = p.response(rid, timeout=200)["result"]
