@@ -12,6 +12,7 @@ import time
 import pytest
 
 from .conftest import default_threads_env
+from .host_gpu import nvml_here
 from .rpc_client import REPO, RpcProcess, kill_pid, process_alive, server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,11 +33,30 @@ def test_health_fields_match_the_app_contract():
         h = p.call("health", timeout=30)["result"]
         assert h["status"] == "ok"
         assert isinstance(h["model_loaded"], bool) and isinstance(h["gpu_available"], bool)
-        assert h["vram_used_mb"] is None and h["vram_total_mb"] is None  # no GPU here
         assert h["state"] in {"starting", "idle"} and h["queue_length"] == 0
         # fp16 is asked for; it runs as fp32 once torch says there is no CUDA (device "cpu")
         assert h["requested_precision"] == "fp16" and h["version"]
         assert h["precision"] == ("fp32" if h["device"] == "cpu" else "fp16"), h
+        # Once the GPU probe has answered: VRAM figures exactly when NVML sees a GPU here.
+        deadline = time.monotonic() + 60
+        while h["gpu_probe"] == "pending":
+            assert time.monotonic() < deadline, h
+            time.sleep(0.05)
+            h = p.call("health", timeout=30)["result"]
+        here = nvml_here()
+        if here == "gpu":
+            assert h["gpu_probe"] == "nvml" and h["gpu_available"] is True, h
+            assert isinstance(h["vram_used_mb"], int) and isinstance(h["vram_total_mb"], int), h
+            assert 0 <= h["vram_used_mb"] <= h["vram_total_mb"], h
+        else:
+            if here == "failed":  # no evidence from NVML: torch's word
+                import torch
+
+                assert h["gpu_available"] is torch.cuda.is_available(), h
+            else:
+                assert h["gpu_probe"] == ("none" if here == "absent" else "nvml"), h
+                assert h["gpu_available"] is False, h
+            assert h["vram_used_mb"] is None and h["vram_total_mb"] is None, h
 
 
 def test_spec_examples_and_batches_over_pipes():
