@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from .conftest import default_threads_env
+from .drain import read_to_eof
 from .host_gpu import nvml_here
 from .rpc_client import REPO, RpcProcess, kill_pid, process_alive, server_env
 
@@ -128,13 +129,22 @@ def test_shutdown_answers_then_exits_zero():
         assert p.wait_exit(10) == 0
 
 
-def test_stdin_eof_exits_zero_quickly():
-    with RpcProcess() as p:
+@pytest.mark.parametrize("torch_import", ["real", "never ends"])
+def test_stdin_eof_exits_zero_quickly(tmp_path, torch_import):
+    env = server_env()
+    if torch_import == "never ends":  # exiting must not wait for anything of torch's import
+        fake = tmp_path / "hanging_torch" / "torch"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("import threading\nthreading.Event().wait()\n")
+        env = server_env(PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO)]))
+    with RpcProcess(env=env) as p:
         p.wait_for(lambda m: m.get("method") == "ready", timeout=30)
+        assert p.call("health", timeout=30)["result"]["state"] in ("starting", "idle")
         t0 = time.monotonic()
         p.close_stdin()
         assert p.wait_exit(10) == 0
-        assert time.monotonic() - t0 < 2.0
+        print(f"stdin EOF ({torch_import} torch import) -> exit in {time.monotonic() - t0:.2f} s")
+        assert "exiting (stdin closed)" in p.stderr
 
 
 def test_sigterm_exits_zero():
@@ -169,75 +179,85 @@ def test_sigterm_taken_by_another_thread_still_stops_an_idle_server():
         assert "exiting (signal SIGTERM)" in p.stderr
 
 
-def _orphan(tmp_path, env, request: bytes = b"", wait_for: str = ""):
-    """Start the server under a parent process that dies without closing the server's stdin;
-    return (the server's pid, its stderr log). ``request`` is written to the server's stdin
-    first; the parent dies once ``wait_for`` appears in the log (or after 3 s without one)."""
-    r, w = os.pipe()
-    log = tmp_path / "stderr.txt"
-    launcher = (
-        "import os, subprocess, sys, time\n"
-        "p = subprocess.Popen([sys.executable, '-m', 'tests.scripted_server'],"
-        " stdin=int(sys.argv[1]), stdout=subprocess.DEVNULL, stderr=open(sys.argv[2], 'wb'),"
-        " pass_fds=(int(sys.argv[1]),), cwd=sys.argv[4])\n"
-        "print(p.pid, flush=True)\n"
-        "deadline = time.monotonic() + 60\n"
-        "while sys.argv[3] and sys.argv[3] not in open(sys.argv[2]).read()"
-        " and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)\n"
-        "time.sleep(0.5 if sys.argv[3] else 3)\n"  # then die without closing anything
-    )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", launcher, str(r), str(log), wait_for, str(REPO)],
-        stdout=subprocess.PIPE,
-        env=env,
-        pass_fds=(r,),
-    )
-    child = int(parent.stdout.readline())
-    os.close(r)
-    if request:
-        os.write(w, request)
-    parent.wait(90)
-    return child, log, w
+# The app as a process that starts the server with the pipes it was given and is then killed: it
+# dies without closing anything, and the server's stdin stays open (the test holds its write end).
+_LAUNCHER = (
+    "import subprocess, sys, threading\n"
+    "subprocess.Popen([sys.executable, '-m', 'tests.scripted_server'])\n"
+    "threading.Event().wait()\n"
+)
 
 
-def _assert_exits_soon(child: int, log, w: int) -> None:
-    t0 = time.monotonic()
+def _exits_with_its_parent(p: RpcProcess, server: int) -> None:
+    """Kill the launcher ``p.proc``; the server ``server`` must notice and exit on its own.
+
+    Promptness: the watchdog polls every ``watchdog.POLL_SECONDS`` (pinned by
+    test_the_watchdog_polls_often_enough), and a server that waited for its job instead would
+    outlive the 10 s below (the mid-job test's job lasts ~25 s)."""
     try:
-        while process_alive(child) and time.monotonic() - t0 < 10:
+        p.proc.kill()
+        p.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while process_alive(server):
+            assert time.monotonic() < deadline, "server outlived its parent"
             time.sleep(0.05)
-        assert not process_alive(child), "server outlived its parent"
-        assert time.monotonic() - t0 < 3.0
-        assert "parent process" in log.read_text()
+        read_to_eof(p)  # the server was the last writer of the pipe
+        assert "parent process" in p.stderr
     finally:
-        os.close(w)
-        if process_alive(child):
-            kill_pid(child)
+        if process_alive(server):
+            kill_pid(server)
 
 
-def test_parent_death_ends_the_server_even_with_stdin_open(tmp_path):
+def test_parent_death_ends_the_server_even_with_stdin_open():
     """The orphan guard: the app died without closing our stdin."""
-    _assert_exits_soon(*_orphan(tmp_path, server_env()))
+    with RpcProcess(cmd=[sys.executable, "-c", _LAUNCHER]) as p:
+        server = p.wait_for(lambda m: m.get("method") == "ready", timeout=30)["params"]["pid"]
+        assert p.call("health", timeout=30)["result"]["pid"] == server  # serving
+        _exits_with_its_parent(p, server)
 
 
 @pytest.mark.model
-def test_parent_death_ends_the_server_mid_job(tmp_path, tiny_model, speech_clip):
+def test_parent_death_ends_the_server_mid_job(tiny_model, speech_clip):
     env = server_env(
         VIBEVOICE_MODEL_PATH=str(tiny_model),
         VIBEVOICE_PRECISION="fp32",
         VIBEVOICE_TEST_SCRIPT="default",
         VIBEVOICE_TEST_STEP_DELAY="0.2",  # the job lasts ~25 s: the parent dies in the middle
     )
-    request = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "transcribe",
-            "params": {"audio_path": str(speech_clip)},
-        }
-    )
-    child, log, w = _orphan(tmp_path, env, request.encode() + b"\n", wait_for="model loaded")
-    _assert_exits_soon(child, log, w)
+    with RpcProcess(cmd=[sys.executable, "-c", _LAUNCHER], env=env) as p:
+        server = p.wait_for(lambda m: m.get("method") == "ready", timeout=30)["params"]["pid"]
+        rid = p.request("transcribe", {"audio_path": str(speech_clip)})
+        p.wait_for(
+            lambda m: (
+                m.get("method") == "progress"
+                and m["params"]["id"] == rid
+                and m["params"]["stage"] == "transcribing"
+            ),
+            timeout=90,
+        )
+        _exits_with_its_parent(p, server)
+        err = p.response(rid, timeout=5)["error"]  # answered on the way out, once
+        assert err["code"] == -32800 and "parent process" in err["data"]["reason"], err
+        assert len(p.responses_for(rid)) == 1
+
+
+def test_the_watchdog_polls_often_enough(monkeypatch):
+    """The ~2 s of docs/PROTOCOL.md after the parent's death: one poll interval (the watchdog sees
+    the death at its next look) plus the stop sequence's bounded waits."""
+    from vibevoice_rpc import watchdog
+
+    looks: list[str] = []
+    alive = iter([True, True, False])
+
+    def process_alive(pid: int) -> bool:
+        looks.append("look")
+        return next(alive)
+
+    monkeypatch.setattr(watchdog, "process_alive", process_alive)
+    monkeypatch.setattr(watchdog, "time", SimpleNamespace(sleep=lambda s: looks.append(s)))
+    watchdog.wait_for_exit(os.getpid() + 1_000_000)  # not our parent: the pid is polled
+    assert looks == ["look", watchdog.POLL_SECONDS] * 2 + ["look"]
+    assert watchdog.POLL_SECONDS <= 0.5
 
 
 def test_pending_id_is_refused_for_health_and_cancel_too(tmp_path):
