@@ -431,6 +431,16 @@ class Session:
         health = self.sync()
         assert health["queue_length"] == 0, health
 
+    def settle(self, timeout: float = 60) -> None:
+        """A queued request after everything else, answered by the worker: it runs jobs in order
+        and writes a job's answer before it takes the next, and the reader handles lines in order,
+        so a late or second answer to anything sent before is on the wire before this one's."""
+        sid = "settle"
+        self.expected.add(Req(sid, expect_result=True))
+        self.p.send({"jsonrpc": "2.0", "id": sid, "method": "unload_model"})
+        r = self.p.response(sid, timeout=timeout)
+        assert r["result"]["status"] == "success", r
+
     def since(self, mark: int) -> list[Any]:
         with self.p._cv:
             return [
@@ -656,7 +666,7 @@ def test_fuzz_the_protocol(fuzz_server: RpcProcess) -> None:
 
     # 6. Let queued work finish; the queue must drain.
     s.drain()
-    time.sleep(0.5)  # room for a stray second answer to show up
+    s.settle()  # a stray second answer would be on the wire by now
     elapsed = time.monotonic() - started
     print(f"fuzz: {s.expected.lines} lines, {len(p.raw)} output lines in {elapsed:.1f} s")
 
