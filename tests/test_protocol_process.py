@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from .conftest import default_threads_env
-from .drain import read_to_eof
+from .drain import read_to_eof, wait_for_stderr
 from .host_gpu import nvml_here
 from .rpc_client import REPO, RpcProcess, kill_pid, process_alive, server_env
 
@@ -26,7 +26,7 @@ def test_ready_comes_first_before_torch_is_imported():
         assert set(ready["params"]) == {"version", "protocol", "pid"}
         assert ready["params"]["pid"] == p.proc.pid
         p.call("health", timeout=30)
-        assert "torch imported: False" in p.stderr
+        wait_for_stderr(p, "ready written (torch imported: False)")
 
 
 def test_health_fields_match_the_app_contract():
@@ -144,6 +144,7 @@ def test_stdin_eof_exits_zero_quickly(tmp_path, torch_import):
         p.close_stdin()
         assert p.wait_exit(10) == 0
         print(f"stdin EOF ({torch_import} torch import) -> exit in {time.monotonic() - t0:.2f} s")
+        read_to_eof(p)
         assert "exiting (stdin closed)" in p.stderr
 
 
@@ -152,6 +153,7 @@ def test_sigterm_exits_zero():
         p.call("health", timeout=30)
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait_exit(10) == 0
+        read_to_eof(p)
         assert "SIGTERM" in p.stderr
 
 
@@ -176,6 +178,7 @@ def test_sigterm_taken_by_another_thread_still_stops_an_idle_server():
         p.call("health", timeout=30)  # the reader is idle on stdin from here on
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait_exit(10) == 0
+        read_to_eof(p)
         assert "exiting (signal SIGTERM)" in p.stderr
 
 
@@ -201,7 +204,7 @@ def _exits_with_its_parent(p: RpcProcess, server: int) -> None:
         while process_alive(server):
             assert time.monotonic() < deadline, "server outlived its parent"
             time.sleep(0.05)
-        read_to_eof(p)  # the server was the last writer of the pipe
+        read_to_eof(p)  # the server was the last writer of the pipes
         assert "parent process" in p.stderr
     finally:
         if process_alive(server):
@@ -352,4 +355,4 @@ def test_the_tiny_model_by_name_lets_a_person_drive_the_whole_protocol(speech_cl
         res = p.response(rid, timeout=200)["result"]
         assert res["status"] == "success" and res["metadata"]["generated_tokens"] == 8
         assert "vibevoice-rpc-tiny-" in res["metadata"]["model"]
-        assert "its words are noise" in p.stderr
+        wait_for_stderr(p, "its words are noise")
