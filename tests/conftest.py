@@ -12,6 +12,31 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VIBEVOICE_OFFLINE", "1")
 
+# One OpenMP (intra-op) thread for torch, in the test process and in every server, CLI and Node
+# client the tests spawn (they inherit the environment). The tiny model's matrices are too small
+# to share out, and on a 2-core machine that other processes use too, a second thread only
+# spin-waits: that cost seconds per generate() and made the process-level tests most of the
+# suite's time. The thread count is no part of any test's meaning; one test keeps torch's default
+# (``default_threads_env``), the way a person's process runs. A value set by the caller is kept.
+OMP_THREADS_SET_HERE = "OMP_NUM_THREADS" not in os.environ
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def default_threads_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the one-thread default set above (torch picks its own thread count)."""
+    if OMP_THREADS_SET_HERE:
+        env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
+    return env
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """The workers of ``-n auto`` (pyproject's addopts): two, as many as the 2-core machine the
+    suite is measured on has (each runs a test file at a time; the servers they spawn use one
+    thread). None with ``-s``, whose output would be lost in a worker, nor on one core."""
+    if config.getoption("capture") == "no" or (os.cpu_count() or 1) < 2:
+        return 0
+    return 2
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:

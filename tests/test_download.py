@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from .fake_hub import COMMIT, FakeHub
+from .ports import refused_url
 from .rpc_client import REPO, RpcProcess, server_env
 
 pytestmark = pytest.mark.timeout(180)
@@ -285,12 +286,12 @@ def test_offline_and_no_network_are_specific(hub: FakeHub, tmp_path: Path) -> No
         assert err["data"]["offline_mode"] is True
     with RpcProcess(env=_env(hub, tmp_path, HF_HUB_OFFLINE="1")) as p:
         assert p.call("download_model")["error"]["data"]["kind"] == "offline"
-    hub.stop()  # nothing listens on that port any more
-    with RpcProcess(env=_env(hub, tmp_path)) as p:
-        err = p.call("download_model", timeout=60)["error"]
-        assert err["code"] == -32011 and err["data"]["kind"] == "offline"
-        assert err["data"]["offline_mode"] is False and "network" in err["message"]
-        assert p.call("model_status")["result"]["present"] is False
+    with refused_url() as nowhere:  # nothing listens there
+        with RpcProcess(env=_env(hub, tmp_path, HF_ENDPOINT=nowhere)) as p:
+            err = p.call("download_model", timeout=60)["error"]
+            assert err["code"] == -32011 and err["data"]["kind"] == "offline"
+            assert err["data"]["offline_mode"] is False and "network" in err["message"]
+            assert p.call("model_status")["result"]["present"] is False
 
 
 def test_cli_download_shows_progress_on_stderr_and_prints_the_path(

@@ -54,13 +54,15 @@ def test_real_size_model_has_8_33_billion_parameters_in_the_measured_groups(cfg:
 
 
 def test_meta_build_of_the_real_size_model_takes_well_under_a_second(cfg: Any) -> None:
+    # CPU time of this thread: the planner's own cost, not the time other processes on a shared
+    # machine had the core (nothing here reads a file or waits)
     planner._cache.clear()
-    started = time.perf_counter()
+    started = time.thread_time()
     count_parameters(cfg)
-    assert time.perf_counter() - started < 1.5
-    started = time.perf_counter()
+    assert time.thread_time() - started < 1.5
+    started = time.thread_time()
     assert count_parameters(cfg) is count_parameters(cfg)  # cached by config fingerprint
-    assert time.perf_counter() - started < 0.05
+    assert time.thread_time() - started < 0.05
 
 
 def test_groups_match_a_materialized_small_model() -> None:
@@ -240,10 +242,10 @@ def test_nothing_fitting_says_so_and_suggests_the_cpu(cfg: Any) -> None:
 
 
 def test_explicit_fp16_on_a_16_gb_card_fails_in_milliseconds_naming_what_fits(cfg: Any) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time, as above
     with pytest.raises(ModelDoesNotFit) as info:
         gpu_plan(cfg, "fp16", 15.2)
-    assert time.perf_counter() - started < 0.25
+    assert time.thread_time() - started < 0.25
     err = info.value
     assert err.code == -32006
     assert err.message.startswith("fp16 needs ")

@@ -27,6 +27,7 @@ from vibevoice_rpc.messages import ReloadParams, TranscribeParams, TranscribeRes
 
 from . import scripted
 from .fake_vllm import FakeVllm, Reply
+from .ports import refused_url
 from .recorder import Recorder
 from .rpc_client import RpcProcess, server_env
 
@@ -238,8 +239,11 @@ def test_a_stream_that_breaks_says_how_and_keeps_what_came(
 def test_an_unreachable_server_is_said_so_or_falls_back_to_the_local_model(
     speech_clip: Path, tiny_model: Path
 ) -> None:
-    with FakeVllm() as fake:
-        url = fake.url
+    with refused_url() as url:
+        _unreachable(url, speech_clip, tiny_model)
+
+
+def _unreachable(url: str, speech_clip: Path, tiny_model: Path) -> None:
     remote = RemoteSettings(url=url, retries=1, connect_timeout=2.0)
     engine = Engine(Config(backend="remote", remote=remote, offline=True))
     with pytest.raises(RemoteError) as info:
@@ -307,9 +311,7 @@ def test_reload_switches_backends_and_keeps_the_old_one_when_the_server_is_down(
     engine.warm_up()
     job = Job(None, "reload_model", None, None, None)
     run(engine, audio_path=str(speech_clip), max_new_tokens=2)
-    with FakeVllm() as gone:
-        down = gone.url
-    with pytest.raises(RemoteError) as info:
+    with refused_url() as down, pytest.raises(RemoteError) as info:
         engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url=down), job)
     assert "the local model is kept" in info.value.message
     assert engine.backend == "local" and engine.snapshot().model_loaded is True

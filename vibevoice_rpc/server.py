@@ -59,18 +59,56 @@ class _Stopper:
             self._exit(code)
 
 
-def _install_signal_handlers(dispatcher: Dispatcher) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        if not dispatcher.stopping.is_set():
-            raise _Terminate(signal.Signals(signum).name)
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK")
 
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"):
+
+def _install_signal_handlers(dispatcher: Dispatcher, stopper: _Stopper) -> None:
+    """Stop on SIGTERM/SIGINT/SIGHUP (SIGBREAK on Windows).
+
+    Python runs a signal's handler in the main thread between bytecodes, and the main thread spends
+    its time blocked in ``read`` on stdin: a signal that lands while it is on its way into that
+    ``read`` (or that the kernel hands to another thread) is only handled once a line arrives —
+    with an idle stdin, never. So on POSIX the C-level handler's wake-up byte
+    (:func:`signal.set_wakeup_fd`) goes to a pipe that a thread of its own waits on, and that
+    thread runs the stop sequence; the handler in the main thread is the path where there is no
+    such pipe (Windows) and a second way in (the stopper runs once)."""
+    handled: dict[int, str] = {}
+    for name in _STOP_SIGNALS:
         sig = getattr(signal, name, None)
         if sig is not None:
+            handled[int(sig)] = name
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not dispatcher.stopping.is_set():
+            raise _Terminate(handled.get(signum, str(signum)))
+
+    for signum in list(handled):
+        try:
+            signal.signal(signum, handler)
+        except (OSError, ValueError):  # pragma: no cover - not the main thread / unsupported
+            del handled[signum]
+    if os.name != "posix":
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # the C handler must never block
+    try:
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (OSError, ValueError):  # pragma: no cover - not the main thread
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+
+    def wait() -> None:
+        while True:
             try:
-                signal.signal(sig, handler)
-            except (OSError, ValueError):  # pragma: no cover - not the main thread / unsupported
-                pass
+                data = os.read(read_fd, 64)
+            except OSError:  # pragma: no cover - the pipe is ours and stays open
+                return
+            for signum in data:
+                if signum in handled and not dispatcher.stopping.is_set():
+                    stopper.stop(f"signal {handled[signum]}")
+
+    threading.Thread(target=wait, name="vibevoice-signals", daemon=True).start()
 
 
 def _watch_parent(pid: int, stopper: _Stopper) -> None:
@@ -139,7 +177,7 @@ def serve(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None)
         log_lines_dropped=(lambda: sink.dropped) if sink is not None else None,
     )
     stopper = _Stopper(dispatcher)
-    _install_signal_handlers(dispatcher)
+    _install_signal_handlers(dispatcher, stopper)
     dispatcher.start(preload=config.preload)
     engine.warm_up()
     if config.parent_pid:
