@@ -188,7 +188,7 @@ def test_cli_transcribe_exit_code_survives_the_fast_exit(tmp_path):
     code = (
         "import sys, torch\n"
         "import vibevoice_rpc.cli as cli\n"
-        "cli.main = lambda: (sys.stderr.write('bye\\n'), 5)[1]\n"
+        "cli.main = lambda **_kw: (sys.stderr.write('bye\\n'), 5)[1]\n"
         "from vibevoice_rpc.__main__ import main\n"
         "main()\n"
     )
