@@ -358,3 +358,18 @@ def test_a_file_changed_upstream_is_fetched_again(
         res = p.call("download_model", {"target_dir": str(target)}, timeout=120)["result"]
         assert res["bytes_downloaded"] == len(old)
         assert (target / "tiny_model.json").read_bytes() == bytes(reversed(old))
+
+
+def test_with_the_tiny_model_configured_the_real_model_goes_to_the_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VIBEVOICE_MODEL_PATH=tiny (the built-in tiny model, for trying the protocol) is not a folder:
+    model_status and download_model use the default download folder, not ./tiny."""
+    from vibevoice_rpc.config import Config
+    from vibevoice_rpc.engine import Engine
+    from vibevoice_rpc.messages import ModelStatusParams
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    st = Engine(Config(model_path="tiny", offline=True)).model_status(ModelStatusParams())
+    assert st.target_dir == str(_default_dir(tmp_path / "home")) and st.present is False
