@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from .drain import wait_for_stderr
 from .rpc_client import RpcProcess, server_env
 from .test_audio import fake_ffmpeg
 
@@ -94,7 +95,7 @@ def test_server_decodes_m4a_and_webm_without_an_ffmpeg_program(tmp_path, name, c
         decoded = _decoded_seconds(p, rid)
         assert decoded is not None and 2.9 < decoded < 3.2, (decoded, answer, p.stderr[-2000:])
         assert answer["error"]["code"] == -32004  # decoded; then no model in the empty folder
-        assert "with pyav" in p.stderr
+        wait_for_stderr(p, "with pyav")
 
 
 def test_server_refuses_a_silence_bomb_before_decoding(tmp_path):
@@ -161,7 +162,7 @@ def test_server_decodes_with_the_ffmpeg_program_it_was_given(tmp_path):
         rid, answer = _transcribe(p, path)
         assert _decoded_seconds(p, rid) == 0.5, (answer, p.stderr[-2000:])
         assert answer["error"]["code"] == -32004
-        assert "with ffmpeg" in p.stderr
+        wait_for_stderr(p, "with ffmpeg")
 
 
 @pytest.mark.parametrize(("threads", "said"), [("1", None), ("3", "in 3 parallel parts")])
@@ -173,6 +174,8 @@ def test_server_decodes_in_as_many_parts_as_it_was_told(tmp_path, threads, said)
     with RpcProcess(env=env) as p:
         rid, answer = _transcribe(p, path)
         assert _decoded_seconds(p, rid) == 95.0, answer
+        # logged after the parallel-parts line (same pipe): once it is here, so is that one
+        wait_for_stderr(p, "with soundfile")
         lines = [line for line in p.stderr.splitlines() if "parallel parts" in line]
         if said is None:
             assert lines == []
@@ -221,4 +224,4 @@ def test_server_transcribes_an_m4a_end_to_end(tmp_path, tiny_model, speech_clip)
         result = answer["result"]
         assert result["status"] == "success"
         assert abs(result["metadata"]["duration"] - 11.5) < 0.1
-        assert "with pyav" in p.stderr
+        wait_for_stderr(p, "with pyav")

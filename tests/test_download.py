@@ -368,8 +368,8 @@ def test_with_the_tiny_model_configured_the_real_model_goes_to_the_default_folde
     from vibevoice_rpc.config import Config
     from vibevoice_rpc.engine import Engine
     from vibevoice_rpc.messages import ModelStatusParams
+    from vibevoice_rpc.model_source import default_download_dir
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     st = Engine(Config(model_path="tiny", offline=True)).model_status(ModelStatusParams())
-    assert st.target_dir == str(_default_dir(tmp_path / "home")) and st.present is False
+    assert st.target_dir == str(default_download_dir()) != str(tmp_path / "tiny")
