@@ -364,7 +364,8 @@ def test_with_the_tiny_model_configured_the_real_model_goes_to_the_default_folde
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """VIBEVOICE_MODEL_PATH=tiny (the built-in tiny model, for trying the protocol) is not a folder:
-    model_status and download_model use the default download folder, not ./tiny."""
+    model_status, download_model and the download command use the default download folder, not
+    ./tiny (one rule, in download's choice of the target folder)."""
     from vibevoice_rpc.config import Config
     from vibevoice_rpc.engine import Engine
     from vibevoice_rpc.messages import ModelStatusParams

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .config import DEFAULT_MODEL_ID
 from .errors import DownloadFailed, InvalidParams, RequestCancelled
 from .messages import DownloadParams, DownloadResult, ModelStatusParams, ModelStatusResult
-from .model_source import default_download_dir
+from .model_source import TINY, default_download_dir
 
 if TYPE_CHECKING:
     from .job import Job
@@ -75,6 +75,8 @@ _SPEED_WINDOW = 5.0  # seconds of samples behind the reported speed
 
 
 def _target(target_dir: str | None, configured: str | None, model_id: str) -> Path:
+    if configured == TINY:  # VIBEVOICE_MODEL_PATH=tiny is the built-in tiny model, not a folder
+        configured = None
     raw = target_dir or configured
     if raw:
         return Path(os.path.expanduser(raw)).resolve()

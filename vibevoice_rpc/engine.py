@@ -246,14 +246,7 @@ class Engine:
         reader thread answers it)."""
         from .download import model_status
 
-        return model_status(params, self._checkpoint_folder(), offline=self.config.offline)
-
-    def _checkpoint_folder(self) -> str | None:
-        """The configured folder of the real checkpoint: not ``tiny`` (VIBEVOICE_MODEL_PATH=tiny
-        is the built-in tiny model; its download would otherwise go to ./tiny)."""
-        from .model_source import TINY
-
-        return None if self._model_path == TINY else self._model_path
+        return model_status(params, self._model_path, offline=self.config.offline)
 
     def download_model(self, params: DownloadParams, job: Job) -> DownloadResult:
         """Download (or finish downloading) the checkpoint. The default model's folder is where
@@ -262,7 +255,7 @@ class Engine:
 
         quiet_hub()
         result = download_model(
-            params, job, configured_path=self._checkpoint_folder(), offline=self.config.offline
+            params, job, configured_path=self._model_path, offline=self.config.offline
         )
         if (params.model_id or DEFAULT_MODEL_ID) == DEFAULT_MODEL_ID:
             self._model_path = result.path
