@@ -36,6 +36,8 @@ def main() -> None:
     def reply(obj: dict) -> None:
         os.write(out_fd, json.dumps(obj).encode() + b"\n")
 
+    import vibevoice_rpc  # noqa: F401  (first: it keeps transformers off the Hub's kernels)
+
     import torch
     from transformers import (
         AutoProcessor,
@@ -60,7 +62,11 @@ def main() -> None:
     t0 = time.perf_counter()
     source = sys.argv[1]
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(
-        source, dtype=torch.float32, device_map={"": "cpu"}, use_safetensors=True
+        source,
+        dtype=torch.float32,
+        device_map={"": "cpu"},
+        use_safetensors=True,
+        use_kernels=False,
     )
     model.eval()
     model.requires_grad_(False)

@@ -124,6 +124,19 @@ class _DropMisleadingReminder(logging.Filter):
 _REMINDER_FILTER = _DropMisleadingReminder()
 
 
+class _DropHubKernelNotice(logging.Filter):
+    """bitsandbytes' CPU 4-bit path tries ``kernels.get_kernel`` (code from the Hub) and, since the
+    package blocks that import on purpose (``vibevoice_rpc/__init__.py``), warns "Failed to load CPU
+    gemm_4bit_forward from kernels-community … pip install kernels": advice against our own rule.
+    It then runs its built-in kernel, which is what we want."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "from kernels-community" not in str(record.msg)
+
+
+_HUB_KERNEL_FILTER = _DropHubKernelNotice()
+
+
 def _route_transformers_logs() -> None:
     """transformers logs through a handler of its own ("[transformers] …"); send its records through
     ours instead, so every stderr line has the shape the app parses."""
@@ -159,6 +172,7 @@ def quantization_config(precision: str, compute_dtype: Any, *, cpu_offload: bool
 
     # "MatMul8bitLt: inputs will be cast …" comes once per layer per token on the CPU: say it once.
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_ONCE)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HUB_KERNEL_FILTER)
     try:
         import bitsandbytes  # noqa: F401  (imported only when a quantized precision is asked for)
     except ImportError as exc:
@@ -195,7 +209,10 @@ def from_pretrained_kwargs(plan: Any, device: str) -> dict[str, Any]:
     import torch
 
     lm_dtype = getattr(torch, _TORCH_DTYPES[plan.lm_dtype])
-    kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True}
+    # use_kernels=False: transformers (5.25+) would otherwise "kernelize" layers with compiled code
+    # fetched from the Hub (its default while USE_HUB_KERNELS is unset); the package blocks the
+    # ``kernels`` import (vibevoice_rpc/__init__.py), so asking for them would fail the load.
+    kwargs: dict[str, Any] = {"dtype": lm_dtype, "use_safetensors": True, "use_kernels": False}
     offload = bool(plan.cpu_offload) and device.startswith("cuda")
     if offload:
         kwargs["device_map"] = "auto"
