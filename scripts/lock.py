@@ -190,16 +190,17 @@ def recorded_digest(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def check(target: Target) -> list[str]:
-    """The ways ``target``'s lock disagrees with pyproject.toml (empty: it agrees)."""
+def check(target: Target, project: dict | None = None, path: Path | None = None) -> list[str]:
+    """The ways ``target``'s lock (or ``path``) disagrees with pyproject.toml's ``[project]`` table
+    (or ``project``); empty: it agrees."""
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    path = target.path
+    path = path or target.path
     if not path.is_file():
-        return [f"{path.relative_to(REPO)} is missing"]
+        return [f"{path.name} is missing"]
     problems = []
-    project = pyproject()["project"]
+    project = project or pyproject()["project"]
     if recorded_digest(path) != inputs_digest(target, project):
         problems.append(
             f"{path.name} was made from other requirements than pyproject.toml's "
