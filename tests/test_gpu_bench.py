@@ -71,6 +71,27 @@ def test_stored_config_is_the_real_checkpoints_architecture() -> None:
     assert (ROOT / "bench" / "data" / "SOURCE.md").is_file()
 
 
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.split("\\")[0].split(";")[0].strip().partition("==")
+        if sep and not name.startswith("#"):
+            pins[name.lower().replace("_", "-").replace(".", "-")] = version.strip()
+    return pins
+
+
+def test_bench_wheels_agree_with_the_cuda_lock() -> None:
+    """bench/data/gpu-requirements.txt (the wheels a GPU machine adds to its own torch) pins the
+    versions the CUDA build is locked to: refreshing the lock means refreshing this list."""
+    lock = ROOT / "requirements" / "cuda-linux.txt"
+    if not lock.is_file():
+        pytest.skip("no CUDA lock in this checkout")
+    wheels = _pins(ROOT / "bench" / "data" / "gpu-requirements.txt")
+    assert len(wheels) > 30 and "torch" not in wheels
+    locked = _pins(lock)
+    assert {n: v for n, v in wheels.items() if locked.get(n) != v} == {}
+
+
 def test_random_state_dict_covers_every_weight_of_the_real_model() -> None:
     import torch
     from transformers import AutoConfig
