@@ -309,24 +309,23 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
         raise SystemExit(
             f"vibevoice-rpc: VIBEVOICE_REMOTE_CONTINUATION={continuation!r} is not restart or prefix"
         )
-    settings = dict(
-        url=url,
-        continuation=continuation,
-        api_key=api_key,
-        model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
-        dialect=dialect,
-        idle_timeout=_env_float(env, "VIBEVOICE_REMOTE_IDLE_TIMEOUT", 300.0),
-        connect_timeout=_env_float(env, "VIBEVOICE_REMOTE_CONNECT_TIMEOUT", 10.0),
-        upload_timeout=_env_float(env, "VIBEVOICE_REMOTE_UPLOAD_TIMEOUT", 600.0),
-        window_timeout=_env_float(env, "VIBEVOICE_REMOTE_WINDOW_TIMEOUT", 7200.0),
-        max_audio_seconds=min(
-            3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
-        ),
-        retries=retries,
-        fallback="local" if fallback == "local" else None,
-    )
     try:
-        return RemoteSettings(**settings)  # type: ignore[arg-type]
+        return RemoteSettings(
+            url=url,
+            continuation=continuation,
+            api_key=api_key,
+            model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
+            dialect=dialect,
+            idle_timeout=_env_float(env, "VIBEVOICE_REMOTE_IDLE_TIMEOUT", 300.0),
+            connect_timeout=_env_float(env, "VIBEVOICE_REMOTE_CONNECT_TIMEOUT", 10.0),
+            upload_timeout=_env_float(env, "VIBEVOICE_REMOTE_UPLOAD_TIMEOUT", 600.0),
+            window_timeout=_env_float(env, "VIBEVOICE_REMOTE_WINDOW_TIMEOUT", 7200.0),
+            max_audio_seconds=min(
+                3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
+            ),
+            retries=retries,
+            fallback="local" if fallback == "local" else None,
+        )
     except ValueError as exc:  # the model name (the URL and the key were checked above)
         raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_MODEL: {exc}") from None
 

@@ -35,12 +35,14 @@ _installed = False
 
 
 def register(*secrets: str | None) -> None:
-    """Remember ``secrets`` (None and short ones are skipped) for :func:`redact` and the logs."""
+    """Remember ``secrets`` (None and short ones are skipped) for :func:`redact`, and clean the
+    logs of them from now on (:func:`install`)."""
     global _secrets
     new = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
     if new - _secrets:
         with _lock:
             _secrets = _secrets | new
+        install()
 
 
 def url_secrets(url: str) -> list[str]:
