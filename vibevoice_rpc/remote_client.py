@@ -227,8 +227,8 @@ class RemoteClient:
             if isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 10**7:
                 return count
             log.debug("tokenize answered HTTP %d without a usable count; estimating", code)
-        except ValueError as exc:
-            log.debug("tokenize failed (%s); estimating", exc)
+        except ValueError as exc:  # unreachable, too slow, too large, not JSON
+            log.warning("%s: POST /tokenize: %s; estimating the tokens", self.settings.shown, exc)
         return len(text.encode("utf-8")) // 3 + 1  # byte-level BPE: ~3-4 bytes a token in text
 
     # --- one streamed completion ------------------------------------------------------------

@@ -5,6 +5,7 @@ Text that comes from the server or an exception is cut short and has secrets red
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from . import redact
@@ -24,11 +25,13 @@ __all__ = [
 ]
 
 RETRY_STATUSES = (429, 502, 503, 504)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, one line, secrets redacted, at most ~300 characters."""
     text = str(exc).strip() or type(exc).__name__
-    text = redact.redact(text)[:300]
+    text = short(text, 300)
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
@@ -49,8 +52,11 @@ def unreachable(settings: RemoteSettings, exc: BaseException) -> RemoteError:
 
 
 def short(value: Any, limit: int) -> str:
+    """A server's text for a message or a log line: at most ``limit`` characters, one line (its
+    control characters become spaces, so it can't fake log lines), secrets redacted."""
     text = value if isinstance(value, str) else repr(value)
-    return redact.redact(text[: limit * 2])[:limit]
+    text = _CONTROL_RE.sub(" ", text[: limit * 2])
+    return redact.redact(text)[:limit]
 
 
 def _reject_constant(name: str) -> Any:
