@@ -16,6 +16,7 @@ SHARED = {
     "config",
     "formats",
     "logsink",
+    "redact",
     "watchdog",
     "winapi",
 }
@@ -37,6 +38,9 @@ ENGINE_SIDE = {
     "language",
     "generation",
     "remote",
+    "remote_client",
+    "remote_errors",
+    "remote_http",
     "audio",
     "audio_paths",
     "audio_soundfile",

@@ -279,6 +279,28 @@ def test_speaker_labels(value: object, label: str) -> None:
     assert speaker_label(value) == label
 
 
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [
+        (999, "Speaker_999"),
+        (1000, "Speaker_1000"),
+        (-1, "Speaker_-1"),
+        (1e308, "Speaker_1e_308"),  # was a 309-digit speaker number
+        pytest.param(10**400, "Speaker_1e_400", id="10**400"),
+        ("1e308", "Speaker_1e308"),
+        ("Speaker 12345", "Speaker_12345"),
+        pytest.param("7" * 5000, "Speaker_" + "7" * 32, id="5000 digits"),  # int() raised
+        ("SPEAKER_0999", "Speaker_999"),
+    ],
+)
+def test_speaker_ids_outside_0_to_999_are_labels_not_numbers(value: object, label: str) -> None:
+    from vibevoice_rpc.parser import parse_speaker
+
+    got, number = parse_speaker(value)
+    assert got == label and len(got) <= 40
+    assert number == (int(label.rsplit("_", 1)[1]) if label == "Speaker_999" else None)
+
+
 def test_key_variants_are_tolerated() -> None:
     seg = normalize_segment({"start": "1.5", "end_time": 3, "speaker_id": "1", "text": " hi "}, 10)
     assert seg == Segment("Speaker_1", 1.5, 3.0, "hi", speaker_id=1)

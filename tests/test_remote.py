@@ -369,3 +369,51 @@ def test_the_server_process_in_remote_mode_over_the_pipe(fake: FakeVllm, speech_
         assert health["remote"]["reachable"] is True and health["model_loaded"] is True
         assert p.call("shutdown")["result"]["status"] == "ok"
         assert p.wait_exit(10) == 0
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ([1, 2], "not an object with a data list (got list)"),
+        ({"data": "vibevoice"}, "not an object with a data list (got dict)"),
+        (b'{"data":[{"id":"vibevoice","max_model_len":Infinity}]}', "Infinity is not a JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"data":"\xff"}', "not UTF-8"),
+    ],
+)
+def test_a_model_listing_of_the_wrong_shape_is_an_error_in_health_logged_once(
+    body: Any, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with FakeVllm(models_body=body) as fake, caplog.at_level(logging.WARNING):
+        client = engine_for(fake)._client()
+        for _ in range(3):  # as three health calls would, each after the last probe aged
+            status = client.probe()
+    assert status.reachable is True and status.models == [] and error in (status.error or "")
+    warnings = [r for r in caplog.records if r.name.startswith("vibevoice_rpc")]
+    assert len(warnings) == 1 and error in warnings[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)  # no traceback per probe
+
+
+def test_health_shows_the_first_model_ids_and_a_count_of_a_long_listing() -> None:
+    ids = [{"id": f"m{i}"} for i in range(20_000)] + [{"id": "vibevoice", "max_model_len": 1e308}]
+    with FakeVllm(models_body={"object": "list", "data": ids}) as fake:
+        engine = engine_for(fake)
+        engine._client().probe()
+        remote = engine.snapshot().remote
+    assert remote is not None
+    assert remote["models"] == [f"m{i}" for i in range(16)] and remote["models_count"] == 20_001
+    assert remote["error"] is None and remote["max_model_len"] is None  # 1e308 is not believed
+    assert len(json.dumps(remote)) < 2048
+
+
+def test_health_never_fails_whatever_the_remote_client_does(fake: FakeVllm) -> None:
+    engine = engine_for(fake)
+
+    class Broken:
+        def refresh_in_background(self) -> None:
+            raise RuntimeError("boom")
+
+    engine._remote_client = Broken()
+    snap = engine.snapshot()
+    assert snap.model_loaded is False and snap.remote is not None
+    assert snap.remote["url"] == fake.url and "RuntimeError: boom" in snap.remote["error"]

@@ -26,6 +26,7 @@ __all__ = [
     "DIALECTS",
     "LOG_FORMAT",
     "RemoteSettings",
+    "clean_api_key",
     "setup_logging",
     "env_flag",
     "ffmpeg_program",
@@ -66,7 +67,11 @@ BACKENDS = ("local", "remote")
 
 @dataclass(frozen=True)
 class RemoteSettings:
-    """Where the server is and how to talk to it (env ``VIBEVOICE_REMOTE_*`` or ``reload_model``)."""
+    """Where the server is and how to talk to it (env ``VIBEVOICE_REMOTE_*`` or ``reload_model``).
+
+    Checked when made (:meth:`__post_init__` raises ``ValueError`` naming the field, never quoting
+    a key or password): a settings object that exists can always make a client, so ``health``
+    never fails on it."""
 
     url: str
     api_key: str | None = field(default=None, repr=False)
@@ -74,12 +79,27 @@ class RemoteSettings:
     dialect: str = "official"
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0  # no byte from the server for this long: the stream stalled
+    # Total time to send one request body (a never-reading server holds the upload otherwise).
+    upload_timeout: float = 600.0
+    # Total time of one window's answer, from the request sent to its last event.
+    window_timeout: float = 7200.0
     max_audio_seconds: float = 3600.0  # windows are at most this long (the server's limit)
     retries: int = 3  # for 429/502/503/504 and refused connections, with backoff
     fallback: str | None = None  # "local": run the local model when the server is unreachable
     # How a loop recovery try resumes: "restart" the window (any server), or continue a final
     # assistant "prefix" (needs a chat template that renders it: continue_final_message).
     continuation: str = "restart"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", validate_url(self.url))
+        object.__setattr__(self, "api_key", clean_api_key(self.api_key))
+        if not self.model or len(self.model) > 256 or not self.model.isprintable():
+            raise ValueError(
+                f"the remote model name must be 1-256 printable characters, got {self.model[:80]!r}"
+            )
+        from .redact import register, url_secrets
+
+        register(self.api_key, *url_secrets(self.url))
 
     @property
     def base(self) -> str:
@@ -89,20 +109,51 @@ class RemoteSettings:
 
     @property
     def shown(self) -> str:
-        """The URL without credentials or query, for messages, logs and metadata."""
+        """The URL without credentials or query, for messages, logs, health and metadata."""
         parts = urlsplit(self.base)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
+        host = parts.netloc.rpartition("@")[2]
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def validate_url(url: str) -> str:
-    """``url`` if it is an http(s) URL with a host; raises ``ValueError`` saying what is wrong."""
-    parts = urlsplit(url.strip())
+    """``url`` (stripped) if it is an http(s) URL with a host and a port in 1-65535, in printable
+    ASCII; raises ``ValueError`` saying what is wrong, showing the URL without its credentials."""
+    from .redact import redact_url
+
+    url = url.strip()
+    parts = urlsplit(url)
+    shown = redact_url(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"the remote URL must be http(s)://host[:port], got {url!r}")
-    return url.strip()
+        raise ValueError(f"the remote URL must be http(s)://host[:port], got {shown!r}")
+    if not all(" " < c < "\x7f" for c in url):
+        raise ValueError(
+            f"the remote URL {shown!r} holds a space, a control or a non-ASCII character (write "
+            "an international host name in its xn-- form, and percent-encode the rest)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.rpartition("@")[2].endswith(":")):
+        raise ValueError(f"the remote URL {shown!r} has no valid port (1-65535)")
+    return url
+
+
+def clean_api_key(key: str | None) -> str | None:
+    """The key without surrounding whitespace (a key file's newline), None when empty; raises
+    ``ValueError`` (without the key) when it holds a control or non-ASCII character, which no
+    HTTP header can carry."""
+    if key is None:
+        return None
+    key = key.strip()
+    for position, char in enumerate(key, 1):
+        if not " " <= char < "\x7f":
+            what = "a control" if char.isascii() or not char.isprintable() else "a non-ASCII"
+            raise ValueError(
+                f"the remote API key holds {what} character (at position {position} of "
+                f"{len(key)}); an HTTP header can carry only printable ASCII"
+            )
+    return key or None
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -235,6 +286,10 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
         validate_url(url)
     except ValueError as exc:
         raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_URL: {exc}") from None
+    try:  # one line without the key: the server stops before ready, like any bad value
+        api_key = clean_api_key(env.get("VIBEVOICE_REMOTE_API_KEY"))
+    except ValueError as exc:
+        raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_API_KEY: {exc}") from None
     dialect = env.get("VIBEVOICE_REMOTE_DIALECT", "").strip().lower() or "official"
     if dialect not in DIALECTS:
         raise SystemExit(
@@ -254,20 +309,25 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
         raise SystemExit(
             f"vibevoice-rpc: VIBEVOICE_REMOTE_CONTINUATION={continuation!r} is not restart or prefix"
         )
-    return RemoteSettings(
-        url=url,
-        continuation=continuation,
-        api_key=env.get("VIBEVOICE_REMOTE_API_KEY") or None,
-        model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
-        dialect=dialect,
-        idle_timeout=_env_float(env, "VIBEVOICE_REMOTE_IDLE_TIMEOUT", 300.0),
-        connect_timeout=_env_float(env, "VIBEVOICE_REMOTE_CONNECT_TIMEOUT", 10.0),
-        max_audio_seconds=min(
-            3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
-        ),
-        retries=retries,
-        fallback="local" if fallback == "local" else None,
-    )
+    try:
+        return RemoteSettings(
+            url=url,
+            continuation=continuation,
+            api_key=api_key,
+            model=env.get("VIBEVOICE_REMOTE_MODEL", "").strip() or "vibevoice",
+            dialect=dialect,
+            idle_timeout=_env_float(env, "VIBEVOICE_REMOTE_IDLE_TIMEOUT", 300.0),
+            connect_timeout=_env_float(env, "VIBEVOICE_REMOTE_CONNECT_TIMEOUT", 10.0),
+            upload_timeout=_env_float(env, "VIBEVOICE_REMOTE_UPLOAD_TIMEOUT", 600.0),
+            window_timeout=_env_float(env, "VIBEVOICE_REMOTE_WINDOW_TIMEOUT", 7200.0),
+            max_audio_seconds=min(
+                3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
+            ),
+            retries=retries,
+            fallback="local" if fallback == "local" else None,
+        )
+    except ValueError as exc:  # the model name (the URL and the key were checked above)
+        raise SystemExit(f"vibevoice-rpc: VIBEVOICE_REMOTE_MODEL: {exc}") from None
 
 
 def setup_logging(level: str, *, nonblocking: bool = False) -> None:

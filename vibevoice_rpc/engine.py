@@ -15,13 +15,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from .config import DEFAULT_MODEL_ID, Config
 from .errors import (
+    InternalError,
     InvalidParams,
     ModelUnavailable,
     OutOfMemory,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from .loader import LoadedModel
 
 __all__ = ["Engine"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -205,20 +209,14 @@ class Engine:
             except Exception as exc:  # pragma: no cover - GPU only
                 log.debug("mem_get_info failed: %s", exc)
         if self._backend == "remote":
-            client = self._client()
-            client.refresh_in_background()  # health never waits for the server
-            status = client.status
-            remote = status.to_dict()
-            remote["model"] = client.settings.model
-            remote["dialect"] = client.settings.dialect
-            remote["fallback"] = client.settings.fallback
+            remote, ready = self._remote_health()
             return EngineStatus(
                 state=self.state,
-                model_loaded=bool(status.reachable) and status.error is None,
+                model_loaded=ready,
                 gpu=facts,
                 device="remote",
                 precision="remote",
-                model=client.settings.model,
+                model=remote.get("model"),
                 last_error=self.last_error,
                 backend="remote",
                 remote=remote,
@@ -278,7 +276,7 @@ class Engine:
         and configuration are restored, and the error says so.
         """
         if params.backend == "remote" or (params.backend is None and self._backend == "remote"):
-            return self._use_remote(params)
+            return self._remote_call(lambda: self._use_remote(params, job))
         self._backend = "local"
         path = params.model_path or self._model_path
         device = params.device or self._device_pref
@@ -478,7 +476,9 @@ class Engine:
         job.report("loading_audio", 1.0, f"decoded {audio.duration:.1f} s of audio")
         if self.backend == "remote":
             try:
-                return self._transcribe_remote(audio, params, job, started)
+                return self._remote_call(
+                    lambda: self._transcribe_remote(audio, params, job, started)
+                )
             except RemoteError as err:
                 settings = self._remote_settings
                 fallback = settings is not None and settings.fallback == "local"
@@ -541,7 +541,11 @@ class Engine:
         client = self._client()
         settings = client.settings
         if client.status.checked_at is None or not client.status.reachable:
-            client.probe()  # bounded (2 s); learns the server's max_model_len
+            try:  # bounded (2 s); learns the server's max_model_len
+                client.probe(is_cancelled=lambda: job.cancelled)
+            except Exception:
+                job.check_cancelled()
+                raise
         info = RunnerInfo(
             precision="remote",
             device="remote",
@@ -552,9 +556,27 @@ class Engine:
         )
         self.state = "busy"
         try:
-            return transcribe_audio(RemoteRunner(client, info), audio, params, job, started=started)
+            runner = RemoteRunner(client, info, lambda: job.cancelled, job.check_cancelled)
+            return transcribe_audio(runner, audio, params, job, started=started)
         finally:
             self.state = "idle"
+
+    @staticmethod
+    def _remote_call(call: Callable[[], T]) -> T:
+        """Run a remote backend step with secrets kept out of what it raises: an error's message
+        and data are redacted, an unexpected exception becomes an internal error without them
+        (its traceback is logged, redacted too)."""
+        from .redact import redact, redact_data
+
+        try:
+            return call()
+        except RpcError as err:
+            err.message = redact(err.message)
+            err.extra = redact_data(err.extra)
+            raise
+        except Exception as exc:
+            log.exception("the remote backend failed")
+            raise InternalError(redact(f"Internal error: {type(exc).__name__}: {exc}")) from None
 
     # --- the remote backend -----------------------------------------------------------------
 
@@ -571,9 +593,32 @@ class Engine:
             self._remote_client = RemoteClient(self._remote_settings)
         return self._remote_client
 
-    def _use_remote(self, params: ReloadParams) -> StatusResult:
+    def _remote_health(self) -> tuple[dict[str, Any], bool]:
+        """health's ``remote`` object and whether the server is ready; never raises (a failure
+        here is reported in the object, with secrets redacted)."""
+        from .redact import redact, redact_url
+
+        settings = self._remote_settings
+        try:
+            client = self._client()
+            client.refresh_in_background()  # health never waits for the server
+            status = client.status
+            remote = status.to_dict()
+            ready = bool(status.reachable) and status.error is None
+        except Exception as exc:  # health must answer whatever the client does
+            log.debug("remote health failed", exc_info=True)
+            url = redact_url(settings.url) if settings is not None else None
+            error = redact(f"{type(exc).__name__}: {exc}")[:300]
+            remote, ready = {"url": url, "reachable": None, "error": error}, False
+        if settings is not None:
+            remote.update(
+                model=settings.model, dialect=settings.dialect, fallback=settings.fallback
+            )
+        return remote, ready
+
+    def _use_remote(self, params: ReloadParams, job: Job) -> StatusResult:
         """Switch to (or re-point) the remote backend: the server must answer first."""
-        from .config import RemoteSettings, validate_url
+        from .config import RemoteSettings
         from .remote import RemoteClient
 
         current = self._remote_settings
@@ -583,20 +628,26 @@ class Engine:
                 "the remote backend needs remote_url (or VIBEVOICE_REMOTE_URL)",
                 field="remote_url",
             )
-        try:
-            validate_url(url)
-        except ValueError as exc:
-            raise InvalidParams(str(exc), field="remote_url") from None
-        base = current or RemoteSettings(url=url)
-        settings = dataclasses.replace(
-            base,
-            url=url,
-            api_key=params.remote_api_key if params.remote_api_key is not None else base.api_key,
-            model=params.remote_model or base.model,
-            dialect=params.remote_dialect or base.dialect,
-        )
+        changes: dict[str, Any] = {"url": url}
+        if params.remote_api_key is not None:
+            changes["api_key"] = params.remote_api_key
+        if params.remote_model:
+            changes["model"] = params.remote_model
+        if params.remote_dialect:
+            changes["dialect"] = params.remote_dialect
+        for name, value in changes.items():  # each alone, so the error names its field
+            try:
+                RemoteSettings(**{"url": url, name: value})
+            except ValueError as exc:  # the message never quotes a key or a password
+                raise InvalidParams(str(exc), field=f"remote_{name}") from None
+        settings = dataclasses.replace(current, **changes) if current else RemoteSettings(**changes)
         client = RemoteClient(settings)
-        status = client.probe(timeout=5.0)
+        try:
+            status = client.probe(timeout=5.0, is_cancelled=lambda: job.cancelled)
+        except Exception:
+            client.close()
+            job.check_cancelled()
+            raise
         if not status.reachable or status.error:
             client.close()
             where = "the local model" if self._backend == "local" else "the previous server"

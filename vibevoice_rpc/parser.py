@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 UNKNOWN_SPEAKER = "Speaker_unknown"
+# Speaker ids above this are labels, not numbers: a meeting has a handful of speakers, and an id
+# the model writes as 1e308 must not become a 309-digit number linked across windows.
+MAX_SPEAKER_ID = 999
 _EXCERPT_CHARS = 80
 _KEEP_CHARS = 400  # how much stray text (before/after the array) is kept for warnings
 
@@ -131,33 +134,52 @@ def _as_seconds(value: Any) -> float | None:
 def parse_speaker(value: Any) -> tuple[str, int | None]:
     """The label and the number of a speaker as the model wrote it.
 
-    A speaker id (a non-negative int, an integral float, a numeric or "Speaker 1"-like string) is
-    ``("Speaker_<n>", n)``. Anything else keeps what the model said as a cleaned label with no
-    number: ``"N/A"`` → ``("Speaker_N_A", None)``, ``2.5`` → ``("Speaker_2.5", None)``, ``"Bob"`` →
-    ``("Speaker_Bob", None)``; a missing, empty or non-scalar speaker is
-    ``("Speaker_unknown", None)``. Only numbered speakers are linked across windows and counted.
+    A speaker id (a whole number 0-:data:`MAX_SPEAKER_ID`: an int, an integral float, a numeric or
+    "Speaker 1"-like string) is ``("Speaker_<n>", n)``. Anything else keeps what the model said as
+    a cleaned label (at most 32 characters) with no number: ``"N/A"`` → ``("Speaker_N_A", None)``,
+    ``2.5`` → ``("Speaker_2.5", None)``, ``"Bob"`` → ``("Speaker_Bob", None)``, ``1e308`` →
+    ``("Speaker_1e_308", None)``, ``-1`` → ``("Speaker_-1", None)``; a missing, empty or
+    non-scalar speaker is ``("Speaker_unknown", None)``. Only numbered speakers are linked across
+    windows and counted.
     """
     if isinstance(value, bool) or value is None:
         return UNKNOWN_SPEAKER, None
     if isinstance(value, int):
-        return f"Speaker_{value}", (value if value >= 0 else None)
+        if 0 <= value <= MAX_SPEAKER_ID:
+            return f"Speaker_{value}", value
+        # A label, not a number (no 309-digit ids): short ints as written, huge ones as 1e+308.
+        if abs(value) < 10**15:
+            return _label(str(value))
+        exponent = int(abs(value).bit_length() * math.log10(2))  # (no float holds 10**400)
+        return _label(f"{'-' if value < 0 else ''}1e+{exponent}")
     if isinstance(value, float):
         if not math.isfinite(value):
             return UNKNOWN_SPEAKER, None
-        if value.is_integer():
+        if value.is_integer() and 0 <= value <= MAX_SPEAKER_ID:
             return parse_speaker(int(value))
-        return f"Speaker_{value:g}", None
+        return _label(f"{value:g}")
     if isinstance(value, str):
         text = _SPEAKER_PREFIX_RE.sub("", value.strip())  # "Speaker 1", "SPEAKER_01", "spk2"
         if text.isascii() and text.isdigit():
-            return parse_speaker(int(text))
+            digits = text.lstrip("0") or "0"  # (int() of 4,300+ digits raises)
+            return parse_speaker(int(digits)) if len(digits) <= 3 else _label(text)
         try:
             number = float(text)
         except ValueError:
-            cleaned = _LABEL_CLEAN_RE.sub("_", text).strip("_")[:32]
-            return (f"Speaker_{cleaned}", None) if cleaned else (UNKNOWN_SPEAKER, None)
+            return _label(text)
+        if not math.isfinite(number):
+            return UNKNOWN_SPEAKER, None
+        if not (number.is_integer() and 0 <= number <= MAX_SPEAKER_ID):
+            return _label(text)  # as the model wrote it ("1e308", "2.5", "-3")
         return parse_speaker(number)
     return UNKNOWN_SPEAKER, None
+
+
+def _label(text: str) -> tuple[str, None]:
+    """A speaker that is not a number: ``Speaker_<text>`` with only word characters, dots and
+    dashes, at most 32 of them."""
+    cleaned = _LABEL_CLEAN_RE.sub("_", text).strip("_")[:32]
+    return (f"Speaker_{cleaned}", None) if cleaned else (UNKNOWN_SPEAKER, None)
 
 
 def speaker_label(value: Any) -> str:
