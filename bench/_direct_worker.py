@@ -36,8 +36,6 @@ def main() -> None:
     def reply(obj: dict) -> None:
         os.write(out_fd, json.dumps(obj).encode() + b"\n")
 
-    import vibevoice_rpc  # noqa: F401  (first: it keeps transformers off the Hub's kernels)
-
     import torch
     from transformers import (
         AutoProcessor,
@@ -46,6 +44,7 @@ def main() -> None:
         VibeVoiceAsrForConditionalGeneration,
     )
 
+    import vibevoice_rpc  # noqa: F401  (first: it keeps transformers off the Hub's kernels)
     from vibevoice_rpc.audio import load_audio
 
     class Forced(LogitsProcessor):  # the same forcing as tests/scripted.py

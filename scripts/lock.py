@@ -41,9 +41,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO / "requirements"
@@ -225,7 +226,7 @@ def check(target: Target, project: dict | None = None, path: Path | None = None)
         problems.append(f"{path.name} pins torch=={torch}, not {target.torch}")
     unhashed = [
         line.split("==")[0]
-        for line, nxt in zip(*_lines_and_next(path))
+        for line, nxt in zip(*_lines_and_next(path), strict=True)
         if _PIN.match(line) and "--hash=" not in line + nxt
     ]
     if unhashed:

@@ -44,7 +44,7 @@ class RecordingHub:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self.server.server_address[1]
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
 @pytest.fixture
