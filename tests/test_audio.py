@@ -805,6 +805,20 @@ def test_pyav_converts_integer_pcm(no_ffmpeg_program, tmp_path, monkeypatch):
     np.testing.assert_allclose(a.samples[::100], [0.0, 0.5, -1.0, 32767 / 32768], atol=1e-6)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_pyav_converts_every_pcm_format_as_libsndfile_does(
+    no_ffmpeg_program, tmp_path, monkeypatch, subtype
+):
+    """PyAV's frames become float32 in numpy (no swresample): the same samples as libsndfile's."""
+    path = tmp_path / "pcm.wav"
+    sf.write(path, np.clip(speechlike(22050, 1.0, 2) * 2.5, -1, 1), 22050, subtype=subtype)
+    ours = load_audio(path)
+    monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    theirs = load_audio(path)
+    assert (ours.decoder, theirs.decoder) == ("soundfile", "pyav")
+    np.testing.assert_array_equal(ours.samples, theirs.samples)
+
+
 def test_wav_falls_back_to_pyav_when_soundfile_fails(no_ffmpeg_program, tmp_path, monkeypatch):
     path = tmp_path / "odd.wav"
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
@@ -957,6 +971,18 @@ def test_sink_never_grows_past_its_cap():
         sink.append(np.ones(10, np.float32))
     assert len(sink.buf) <= 1000
     assert len(sink.result(990)) == 990
+
+
+def test_an_unknown_length_grows_by_remapping_not_copying():
+    """numpy madvises huge pages on arrays of 4 MiB or more, and ndarray.resize then copies them
+    (the ffmpeg program's path peaked at 1.95x a 10 min output). A sink of unknown length starts
+    below that and grows 60 s at a time: at most 60 s of output beyond what it holds."""
+    sink = audio_sink._Sink(0, cap=3600 * TARGET_RATE)
+    assert sink.buf.nbytes < 4 * 2**20
+    for _ in range(700):
+        sink.append(np.ones(TARGET_RATE, np.float32))  # a second at a time
+        assert len(sink.buf) - sink.n <= 60 * TARGET_RATE
+    assert len(sink.result(sink.n)) == 700 * TARGET_RATE
 
 
 # --- streamed FLAC: no length in the header (issue #14.3) ----------------------------------------

@@ -22,7 +22,6 @@ from typing import IO
 import numpy as np
 
 from .audio_sink import (
-    TARGET_RATE,
     DecodedAudio,
     NotDecoded,
     Pipeline,
@@ -144,8 +143,7 @@ def decode_ffmpeg(
             header = _read_wav_header(proc.stdout)  # type: ignore[arg-type]
             if header is not None:
                 rate, channels = header
-                capacity = 10 * 60 * TARGET_RATE
-                pipe = Pipeline(rate, channels, capacity, limit, shown, scale=scale)
+                pipe = Pipeline(rate, channels, 0, limit, shown, scale=scale)  # length unknown
                 raw = np.empty(block_frames(rate, channels, _BLOCK_SECONDS) * channels, np.float32)
                 view = memoryview(raw).cast("B")
                 while True:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # when it is clearly over the limit, and let the count while decoding settle the rest.
 _DECLARED_TOLERANCE = 0.005
 # Raw ADTS has no length anywhere: FFmpeg guesses one from the first frames' bitrate, which for
-# clips joined at different rates was 10.7 s for 7.5 s of audio. Counted while decoding instead.
+# clips joined at different rates was 10.7 s for 7.5 s of audio. Not refused on that guess (the
+# count while decoding settles it); the guess still sizes the output array.
 _GUESSED_DURATION_FORMATS = frozenset({"aac"})
 _PYAV_BLOCK_SECONDS = 5.0
 _PYAV_QUEUE_BLOCKS = 3  # decoded blocks waiting for the resampler: bounded memory
@@ -108,10 +109,13 @@ def decode_pyav(
         codec = stream.codec_context
         if codec.sample_rate and codec.channels:  # 0 when the container does not say
             check_format(int(codec.sample_rate), int(codec.channels), shown)
-        declared = _declared_seconds(container, stream)
-        if container.format.name in _GUESSED_DURATION_FORMATS:
-            declared = None
-        if declared is not None and declared > limit * (1 + _DECLARED_TOLERANCE) + 1.0:
+        declared = _declared_seconds(container, stream)  # also sizes the output array
+        guessed = container.format.name in _GUESSED_DURATION_FORMATS
+        if (
+            not guessed
+            and declared is not None
+            and declared > limit * (1 + _DECLARED_TOLERANCE) + 1.0
+        ):
             # Before decoding: a 5 MB file can hold hours of silence (a decompression bomb).
             raise too_long(shown, declared, limit, stopped=False)
         try:  # frame/slice threads where a codec has them (FFmpeg's audio decoders have none:
@@ -289,7 +293,9 @@ def _pyav_pipeline(
                 raise item
             for rate, block in to_arrays(item):
                 if pipe is None:
-                    capacity = out_len(math.ceil((declared or 600.0) * rate), rate) + TARGET_RATE
+                    capacity = 0  # unknown
+                    if declared:
+                        capacity = out_len(math.ceil(declared * rate), rate) + TARGET_RATE
                     pipe = Pipeline(rate, len(block), capacity, limit, shown, scale=scale)
                 pipe.feed(block, planar=True, rate=rate)
     finally:

@@ -215,14 +215,28 @@ class Resampler:
         return self(np.zeros(0, np.float32), last=True)
 
 
+# numpy asks for transparent huge pages (madvise) on arrays of 4 MiB or more when it allocates
+# them, and growing such an array with ndarray.resize then copies it (measured: 55 MB grown to
+# 78 MB peaked at 110 MB). One allocated below that and grown by realloc is remapped instead (57 MB).
+_SMALL_START = 1_000_000  # samples: 4.0 MB
+_GROW_SECONDS = 60.0
+
+
 class _Sink:
-    """Blocks appended into one float32 array. Growing uses realloc (``ndarray.resize``), which on
-    Linux remaps pages instead of copying, so peak memory stays near the final size. It never grows
-    past ``cap`` samples (the longest output the duration limit allows) plus what one append needs:
-    a file that turns out longer than the limit is refused before that."""
+    """Blocks appended into one float32 array, never grown past ``cap`` samples (the longest output
+    the duration limit allows) plus what one append needs: a file that turns out longer than the
+    limit is refused before that.
+
+    ``capacity`` is the expected length: exact or estimated, the array is allocated at once; 0
+    (unknown) starts it below numpy's huge-page threshold and grows it 60 s at a time with
+    ``ndarray.resize`` (realloc, which on Linux remaps the pages instead of copying them), so peak
+    memory stays within the output plus 60 s of it."""
 
     def __init__(self, capacity: int, cap: int | None = None) -> None:
         self.cap = cap
+        self.remaps = capacity <= 0
+        if self.remaps:
+            capacity = _SMALL_START
         if cap is not None:
             capacity = min(capacity, cap)
         self.buf = np.empty(max(1, capacity), np.float32)
@@ -231,7 +245,11 @@ class _Sink:
     def append(self, y: np.ndarray) -> None:
         need = self.n + len(y)
         if need > len(self.buf):
-            grown = max(need, int(len(self.buf) * 1.25) + 60 * TARGET_RATE)
+            step = int(_GROW_SECONDS * TARGET_RATE)
+            if self.remaps:
+                grown = max(need, len(self.buf) + step)
+            else:  # a wrong estimate: each growth may copy, so fewer and larger
+                grown = max(need, int(len(self.buf) * 1.25) + step)
             if self.cap is not None:
                 grown = max(need, min(grown, self.cap))
             self.buf.resize(grown, refcheck=False)
@@ -260,7 +278,7 @@ class _Sink:
 class Pipeline:
     """Downmix, check, resample and collect blocks of one decoder's output at ``rate``.
 
-    ``capacity`` is the expected output length (exact from a header, an estimate, or a guess);
+    ``capacity`` is the expected output length (exact from a header, an estimate, or 0: unknown);
     the limit is enforced per block, before the block is kept, so memory stays within the output
     of ``limit`` seconds whatever the file claims. A block at another rate (an ADTS stream of
     clips joined together) ends the part: the resampler is flushed, the part's output set to
