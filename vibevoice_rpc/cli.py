@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) 
 
     proto_fd = claim_stdout()
     command = args.command or "serve"
+    if command != "serve" and sys.stderr is not None and sys.stderr.isatty():
+        # The progress bar and log records share the terminal's last line: a record blanks the
+        # bar, is written on its own line, and the bar is drawn again below it.
+        from .logsink import ConsoleStream
+
+        sys.stderr = sys.stdout = ConsoleStream(sys.stderr)
     setup_logging(config.log_level, nonblocking=command == "serve")
     warn_unknown_env(os.environ)  # VIBEVOICE_PRECISON=int8 was silently ignored
     if command == "serve":

@@ -17,6 +17,10 @@ serving:
   switched to ``O_NONBLOCK``: the real stderr's file description may be shared with a terminal or
   with stdout. Without ``poll`` (Windows) every write happens on the writer thread, which is then the
   only thread that can block on stderr.
+
+The commands for people (``transcribe``, ``download``) do not serve; on a terminal their stderr is a
+:class:`ConsoleStream` instead, so the progress bar (a line redrawn with ``\r``) and log records
+share the screen without running into each other.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 from collections import deque
 from typing import Any
 
-__all__ = ["StderrSink", "SinkStream", "SinkHandler", "install", "current"]
+__all__ = ["ConsoleStream", "StderrSink", "SinkStream", "SinkHandler", "install", "current"]
 
 DEFAULT_MAX_BYTES = 256 * 1024  # queued while stderr is full; more is dropped
 _PIECE = getattr(select, "PIPE_BUF", 512)  # POSIX guarantees >= 512; Linux has 4096
@@ -282,6 +286,79 @@ class _SinkBuffer(io.RawIOBase):
         self._stream.flush()  # keep the order of text written before
         self._stream._sink.write(data, max(1, data.count(b"\n")))
         return len(data)
+
+
+class ConsoleStream(io.TextIOBase):
+    r"""``sys.stderr`` of a command on a terminal, shared by a status line and everything else.
+
+        The status line (the progress bar) is what is written with a leading ``
+    `` or ``
+    `` and left
+        unfinished (no ``
+    `` at its end). Any other write (a log record, a warning) would continue
+        that line — "…0% decoding audio2026-12-07 … INFO …" — so it first blanks the line and returns
+        to its start, and once the record has ended its line the status line is drawn again below it.
+        Only ``
+    ``, ``
+    `` and spaces: a legacy Windows console shows ANSI escapes as text.
+    """
+
+    def __init__(self, real: Any) -> None:
+        super().__init__()
+        self._real = real
+        self._lock = threading.RLock()  # records come from any thread; the bar from the caller's
+        self._status = ""  # what was written since the last "\n" by the status line
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._real, "errors", None)
+
+    @property
+    def buffer(self) -> Any:
+        return self._real.buffer
+
+    def isatty(self) -> bool:
+        return self._real.isatty()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        with self._lock:
+            self._real.flush()
+
+    def write(self, s: str) -> int:  # type: ignore[override]
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not s:
+            return 0
+        with self._lock:
+            if s[0] in "\r\n" or not self._status:
+                self._real.write(s)
+                self._status = self._unfinished(self._status + s)
+                return len(s)
+            # Someone else's text while the status line is up: blank it, write, draw it again.
+            width = max(len(part) for part in self._status.split("\r"))
+            self._real.write("\r" + " " * width + "\r" + s)
+            if s.endswith("\n"):
+                line = self._status.split("\r")[-1].rstrip(" ")
+                self._real.write(line)
+                self._status = line
+            else:  # a partial line of its own now holds the screen line: the bar redraws over it
+                self._status = ""
+            self._real.flush()
+        return len(s)
+
+    @staticmethod
+    def _unfinished(text: str) -> str:
+        return text[text.rfind("\n") + 1 :]
 
 
 # The app parses every stderr line in this shape (config.setup_logging uses it too).
