@@ -234,6 +234,18 @@ def test_records_from_other_threads_never_land_inside_the_bar_line():
     assert all(BAR_LINE.match(line) for line in screen if line not in records)
 
 
+def test_an_hour_of_redraws_keeps_no_history():
+    """A download redraws its bar for an hour without ending the line; the stream keeps only what
+    the screen line holds (it once kept every redraw: quadratic copying)."""
+    out = ConsoleStream(Console())
+    bar = commands._Bar(stream=out, columns=100)
+    for i in range(20000):
+        bar("progress", _progress("downloading", i / 20000, f"{i} MB of 20000 MB"))
+    assert len(out._line) < 100 and out._width < 100
+    _logger(out).info("fetched model.safetensors")
+    assert _screen(out._real.getvalue())[-1].endswith("19999 MB of 20000 MB")
+
+
 def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[list[str], int]:
     """Run the program with stderr on a pseudo-terminal; what the terminal shows, and the exit
     status. The bar is drawn only when stderr is a terminal, so a pipe would not show the bug."""

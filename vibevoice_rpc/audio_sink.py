@@ -7,9 +7,10 @@ the duration limit per block before the block is kept. Sharing this is what make
 the same samples for the same PCM and the output length exact: ``round(n_in * 24000 / source_rate)``
 (per part, when the rate changes midway: each part is resampled from its own rate). The limits on
 what a file may be (:func:`check_format`: sample rate, channels) and on a decoder's read
-(:func:`block_frames`) live here too, so every decoder refuses the same files alike. Also here: :class:`DecodedAudio` (what ``load_audio`` returns) and the two signals a decoder raises
-to the chooser in :mod:`.audio` (:class:`NotDecoded`: try the next decoder; :class:`Huge`: decode
-again scaled down). See docs/AUDIO.md.
+(:func:`block_frames`) live here too, so every decoder refuses the same files alike. Also here:
+:class:`DecodedAudio` (what ``load_audio`` returns) and the two signals a decoder raises to the
+chooser in :mod:`.audio` (:class:`NotDecoded`: try the next decoder; :class:`Huge`: decode again
+scaled down). See docs/AUDIO.md.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ class Resampler:
 
 # numpy asks for transparent huge pages (madvise) on arrays of 4 MiB or more when it allocates
 # them, and growing such an array with ndarray.resize then copies it (measured: 55 MB grown to
-# 78 MB peaked at 110 MB). One allocated below that and grown by realloc is remapped instead (57 MB).
+# 78 MB peaked at 110 MB). One allocated below that and grown by realloc is remapped instead
+# (57 MB).
 _SMALL_START = 1_000_000  # samples: 4.0 MB
 _GROW_SECONDS = 60.0
 

@@ -291,23 +291,23 @@ class _SinkBuffer(io.RawIOBase):
 class ConsoleStream(io.TextIOBase):
     r"""``sys.stderr`` of a command on a terminal, shared by a status line and everything else.
 
-        The status line (the progress bar) is what is written with a leading ``
-    `` or ``
-    `` and left
-        unfinished (no ``
-    `` at its end). Any other write (a log record, a warning) would continue
-        that line — "…0% decoding audio2026-12-07 … INFO …" — so it first blanks the line and returns
-        to its start, and once the record has ended its line the status line is drawn again below it.
-        Only ``
-    ``, ``
-    `` and spaces: a legacy Windows console shows ANSI escapes as text.
+    The status line (the progress bar) is what is written with a leading ``\r`` or ``\n`` and
+    left unfinished (no ``\n`` at its end). Any other write (a log record, a warning) would
+    continue that line — "…0% decoding audio2026-12-07 … INFO …" — so it first blanks the
+    line and returns to its start, and once the record has ended its line the status line is
+    drawn again below it. Only ``\r``, ``\n`` and spaces: a legacy Windows console shows ANSI
+    escapes as text.
     """
 
     def __init__(self, real: Any) -> None:
         super().__init__()
         self._real = real
         self._lock = threading.RLock()  # records come from any thread; the bar from the caller's
-        self._status = ""  # what was written since the last "\n" by the status line
+        # The status line as the screen holds it: its text since the last "\r", and the widest
+        # it has been since the last "\n" (what a blank must cover). Kept small: a download
+        # redraws the bar for an hour without ending the line.
+        self._line = ""
+        self._width = 0
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -340,25 +340,30 @@ class ConsoleStream(io.TextIOBase):
         if not s:
             return 0
         with self._lock:
-            if s[0] in "\r\n" or not self._status:
+            if s[0] in "\r\n" or not self._width:
                 self._real.write(s)
-                self._status = self._unfinished(self._status + s)
+                self._follow(s)
                 return len(s)
             # Someone else's text while the status line is up: blank it, write, draw it again.
-            width = max(len(part) for part in self._status.split("\r"))
-            self._real.write("\r" + " " * width + "\r" + s)
+            self._real.write("\r" + " " * self._width + "\r" + s)
             if s.endswith("\n"):
-                line = self._status.split("\r")[-1].rstrip(" ")
+                line = self._line.rstrip(" ")
                 self._real.write(line)
-                self._status = line
+                self._line, self._width = line, len(line)
             else:  # a partial line of its own now holds the screen line: the bar redraws over it
-                self._status = ""
+                self._line, self._width = "", 0
             self._real.flush()
         return len(s)
 
-    @staticmethod
-    def _unfinished(text: str) -> str:
-        return text[text.rfind("\n") + 1 :]
+    def _follow(self, s: str) -> None:
+        """Track what ``s`` leaves on the screen's last line."""
+        if "\n" in s:
+            self._line, self._width = "", 0
+            s = s[s.rfind("\n") + 1 :]
+        parts = s.split("\r")
+        current = self._line + parts[0]  # up to the first "\r", the text continues the line
+        self._line = parts[-1] if len(parts) > 1 else current
+        self._width = max(self._width, len(current), *(len(part) for part in parts[1:]))
 
 
 # The app parses every stderr line in this shape (config.setup_logging uses it too).
