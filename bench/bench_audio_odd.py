@@ -12,9 +12,9 @@ a 1 Hz WAV whose 14,400 samples would stretch to 4 h (refused: below 1 kHz), a W
 16 and 44.1 kHz every minute. Each is decoded in a fresh process through soundfile (``.wav``), PyAV
 (the same bytes named ``.mka``) and the ffmpeg program (``.mka`` with PyAV switched off), after a
 warm-up decode of the bundled clip with the same decoder (the clip as 16-bit PCM in Matroska for
-PyAV and the program). The figure is the high-water mark of RSS
-above the baseline taken after the warm-up (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``),
-next to the bound of the design: the output array of the limit (``limit x 24000 x 4`` bytes).
+PyAV and the program). The figure is the high-water mark of RSS above the baseline taken after the
+warm-up (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), next to the bound of the
+design: the output array of the limit (``limit x 24000 x 4`` bytes).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _wav(path: Path, rate: int, channels: int, frames: int, fill: bytes = b"\0\0
 
 
 def _adts_mixed(work: Path, ffmpeg: str) -> Path:
-    """10 min of ADTS AAC: one minute at 16 kHz, one at 44.1 kHz, and so on, joined byte for byte."""
+    """10 min of ADTS AAC: a minute at 16 kHz, one at 44.1 kHz, and so on, joined byte for byte."""
     out = work / "mixed_rates.aac"
     data = b""
     for rate in (16000, 44100):

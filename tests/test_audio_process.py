@@ -143,7 +143,8 @@ def test_server_limits_a_streamed_flac_while_decoding(tmp_path):
 
 
 def test_server_refuses_a_few_hertz_wav_with_a_specific_error(tmp_path):
-    """Issue #14.6 turned its -32603 into a decode; issue #19.6 into -32002: no speech below 1 kHz."""
+    """Issue #14.6 turned its -32603 into a decode; issue #19.6 into -32002: no speech below
+    1 kHz."""
     path = tmp_path / "3hz.wav"
     sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 70), 3)  # 70 s at 3 Hz
     with RpcProcess(env=_env(tmp_path, VIBEVOICE_AUDIO_THREADS="2")) as p:

@@ -190,7 +190,7 @@ def test_unreadable_weights_say_permission_denied(tiny_model, tmp_path):
         )
 
 
-# --- one table of variables: the reading, --help, the README and the typo warning (#19.9, #19.10) --
+# --- one table of variables: the reading, --help, README and the typo warning (#19.9, #19.10) ---
 
 
 class _Recording(dict):
