@@ -805,6 +805,20 @@ def test_pyav_converts_integer_pcm(no_ffmpeg_program, tmp_path, monkeypatch):
     np.testing.assert_allclose(a.samples[::100], [0.0, 0.5, -1.0, 32767 / 32768], atol=1e-6)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_pyav_converts_every_pcm_format_as_libsndfile_does(
+    no_ffmpeg_program, tmp_path, monkeypatch, subtype
+):
+    """PyAV's frames become float32 in numpy (no swresample): the same samples as libsndfile's."""
+    path = tmp_path / "pcm.wav"
+    sf.write(path, np.clip(speechlike(22050, 1.0, 2) * 2.5, -1, 1), 22050, subtype=subtype)
+    ours = load_audio(path)
+    monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    theirs = load_audio(path)
+    assert (ours.decoder, theirs.decoder) == ("soundfile", "pyav")
+    np.testing.assert_array_equal(ours.samples, theirs.samples)
+
+
 def test_wav_falls_back_to_pyav_when_soundfile_fails(no_ffmpeg_program, tmp_path, monkeypatch):
     path = tmp_path / "odd.wav"
     sf.write(path, tone(44100, 1.5, channels=2), 44100)
@@ -959,6 +973,18 @@ def test_sink_never_grows_past_its_cap():
     assert len(sink.result(990)) == 990
 
 
+def test_an_unknown_length_grows_by_remapping_not_copying():
+    """numpy madvises huge pages on arrays of 4 MiB or more, and ndarray.resize then copies them
+    (the ffmpeg program's path peaked at 1.95x a 10 min output). A sink of unknown length starts
+    below that and grows 60 s at a time: at most 60 s of output beyond what it holds."""
+    sink = audio_sink._Sink(0, cap=3600 * TARGET_RATE)
+    assert sink.buf.nbytes < 4 * 2**20
+    for _ in range(700):
+        sink.append(np.ones(TARGET_RATE, np.float32))  # a second at a time
+        assert len(sink.buf) - sink.n <= 60 * TARGET_RATE
+    assert len(sink.result(sink.n)) == 700 * TARGET_RATE
+
+
 # --- streamed FLAC: no length in the header (issue #14.3) ----------------------------------------
 
 
@@ -1049,12 +1075,18 @@ def test_file_truncated_under_the_parallel_parts_decodes_what_is_left(
 
 
 @pytest.mark.parametrize("rate", [1, 2, 3])
-def test_a_few_hertz_wav_of_a_minute_decodes(tmp_path, rate):
+def test_a_few_hertz_wav_of_a_minute_is_refused_not_a_crash(tmp_path, rate):
+    """Issue #14.6 made these decode instead of crashing (``-32603 zero-size array``); issue
+    #19.6 refuses them with a specific error: no speech survives below 1 kHz, and a 1 Hz file is
+    stretched 24,000-fold into hours of transcription."""
     path = tmp_path / f"{rate}hz.wav"
     sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 40 * rate)[: 70 * rate], rate)
-    a = load_audio(path, threads=2)  # would take the parallel path otherwise
-    assert_model_ready(a)
-    assert a.duration == 70.0
+    err = _error(AudioDecodeError, path, threads=2)  # would take the parallel path otherwise
+    assert (err.code, err.kind, err.data["sample_rate"]) == (
+        -32002,
+        "unsupported_sample_rate",
+        rate,
+    )
 
 
 @pytest.mark.parametrize("rate", [24000, 44100])
@@ -1091,3 +1123,190 @@ def test_stereo_nan_is_still_invalid_after_the_overflow_check(tmp_path):
     sf.write(path, x, 16000, subtype="FLOAT")
     err = _error(AudioDecodeError, path)
     assert err.kind == "invalid_samples" and err.data["at_seconds"] == 0.25
+
+
+# --- a rate that changes midway, odd rates and channel counts (issue #19.6) -----------------------
+
+
+def _adts(path: Path, x: np.ndarray, rate: int, channels: int = 1) -> bytes:
+    if channels == 2:
+        x = np.stack([x, 0.5 * x], axis=1)
+    return write_with_pyav(path, x, rate, "aac", "adts").read_bytes()
+
+
+def _joined_adts(tmp_path: Path, parts: list[tuple[int, int, float]]) -> tuple[Path, list[Path]]:
+    """ADTS streams at different rates (and channel counts) joined byte for byte: what a tool
+    that concatenates AAC clips writes. Returns the joined file and the parts."""
+    files, data = [], b""
+    for i, (rate, channels, seconds) in enumerate(parts):
+        part = tmp_path / f"part{i}.aac"
+        data += _adts(part, speechlike(rate, seconds, seed=i), rate, channels)
+        files.append(part)
+    joined = tmp_path / "joined.aac"
+    joined.write_bytes(data)
+    return joined, files
+
+
+def test_adts_whose_rate_changes_midway_decodes_each_part_at_its_own_rate(
+    no_ffmpeg_program, tmp_path
+):
+    joined, files = _joined_adts(tmp_path, [(16000, 1, 3.0), (44100, 1, 2.0), (16000, 1, 1.5)])
+    alone = [load_audio(f) for f in files]
+    a = load_audio(joined)  # was -32603: "Frame does not match AudioResampler setup"
+    assert_model_ready(a)
+    assert (a.decoder, a.source_rate) == ("pyav", 16000)
+    # each part is round(n * 24000 / its rate) samples: the sum, to the sample
+    assert len(a.samples) == sum(len(p.samples) for p in alone)
+    assert a.duration == pytest.approx(sum(p.duration for p in alone), abs=1 / TARGET_RATE)
+    # the first part ends as a file of its own does: the same samples
+    np.testing.assert_array_equal(a.samples[: len(alone[0].samples)], alone[0].samples)
+    assert a.warnings == [
+        "the sample rate changes 2 times midway (16000 -> 44100 -> 16000 Hz): each part was "
+        "resampled to 24 kHz from its own rate"
+    ]
+
+
+def test_adts_whose_rate_and_layout_change_midway_decodes(no_ffmpeg_program, tmp_path):
+    joined, files = _joined_adts(tmp_path, [(22050, 2, 2.0), (8000, 1, 2.0)])
+    alone = [load_audio(f) for f in files]
+    a = load_audio(joined)
+    assert (a.source_rate, a.source_channels) == (22050, 2)
+    assert len(a.samples) == sum(len(p.samples) for p in alone)
+    assert a.warnings and "22050 -> 8000 Hz" in a.warnings[0]
+
+
+@needs_ffmpeg
+def test_the_ffmpeg_program_decodes_a_rate_change_within_a_frame(no_pyav, tmp_path):
+    """The fallback: ffmpeg converts later parts to the first part's rate itself (we cannot see
+    the change); the duration is still the sum within one AAC frame (1024 samples)."""
+    joined, files = _joined_adts(tmp_path, [(16000, 1, 3.0), (44100, 1, 2.0), (16000, 1, 1.5)])
+    alone = [load_audio(f) for f in files]
+    a = load_audio(joined)
+    assert a.decoder == "ffmpeg"
+    assert a.duration == pytest.approx(sum(p.duration for p in alone), abs=1024 / 16000)
+
+
+def test_the_limit_counts_seconds_across_rate_changes(no_ffmpeg_program, tmp_path):
+    joined, _ = _joined_adts(tmp_path, [(16000, 1, 3.0), (44100, 1, 3.0)])
+    err = _error(AudioTooLong, joined, max_seconds=4.5)
+    assert 4.5 < err.data["duration"] <= 6.2
+    assert "decoding stopped" in err.message
+
+
+def test_pipeline_resamples_each_part_from_its_own_rate():
+    pipe = audio_sink.Pipeline(16000, 1, 100, 60.0, "x.aac")
+    pipe.feed(np.full(16001, 0.25, np.float32))
+    pipe.feed(np.full(44101, 0.25, np.float32), rate=44100)
+    pipe.feed(np.full(8003, 0.25, np.float32), rate=8000)
+    out = pipe.finish()
+    assert len(out) == round(16001 * 1.5) + round(44101 * 24000 / 44100) + round(8003 * 3)
+    assert pipe.rates == [16000, 44100, 8000]
+    assert pipe.seconds == pytest.approx(16001 / 16000 + 44101 / 44100 + 8003 / 8000)
+    mid = out[30000:40000]  # inside the second part: the level survives the change
+    np.testing.assert_allclose(mid, 0.25, atol=1e-3)
+
+
+def test_nan_in_a_later_part_is_placed_in_file_time():
+    pipe = audio_sink.Pipeline(16000, 1, 100, 60.0, "x.aac")
+    pipe.feed(np.zeros(32000, np.float32))  # 2 s
+    block = np.zeros(44100, np.float32)
+    block[22050] = np.nan  # 0.5 s into the 44.1 kHz part
+    with pytest.raises(AudioDecodeError) as info:
+        pipe.feed(block, rate=44100)
+    assert info.value.data["at_seconds"] == 2.5
+
+
+def test_a_rate_that_changes_to_one_hertz_midway_is_refused():
+    pipe = audio_sink.Pipeline(16000, 1, 100, 60.0, "x.aac")
+    pipe.feed(np.zeros(16000, np.float32))
+    with pytest.raises(AudioDecodeError) as info:
+        pipe.feed(np.zeros(10, np.float32), rate=1)
+    assert (info.value.kind, info.value.data["sample_rate"]) == ("unsupported_sample_rate", 1)
+
+
+def _wav_header(path: Path, rate: int, channels: int, frames: int) -> Path:
+    """A 16-bit PCM WAV with any header values (soundfile refuses to write some of them)."""
+    import struct
+
+    data = bytes(frames * channels * 2)
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) % 2**32, channels * 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _decode_with(decoder: str, path: Path, monkeypatch):
+    """``load_audio`` through one decoder: soundfile, PyAV or the ffmpeg program."""
+    if decoder != "soundfile":
+        monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    if decoder == "ffmpeg":
+        if FFMPEG is None:
+            pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
+        monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
+    return _error(AudioDecodeError, path)
+
+
+DECODERS = ["soundfile", "pyav", "ffmpeg"]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("channels", [65, 255])
+def test_too_many_channels_is_a_specific_error_for_every_decoder(
+    tmp_path, monkeypatch, decoder, channels
+):
+    """PyAV's conversion and the ffmpeg program (swresample: at most 64 channels) failed on these
+    (``-32603`` ArgumentError, or "corrupt"); libsndfile decoded them. Now all three refuse alike,
+    before decoding."""
+    path = _wav_header(tmp_path / "many.wav", 24000, channels, 2400)
+    err = _decode_with(decoder, path, monkeypatch)
+    assert (err.code, err.kind) == (-32002, "too_many_channels")
+    assert (err.data["channels"], err.data["max_channels"]) == (channels, 64)
+    assert f"{channels} channels" in err.message and err.hint
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_sixty_four_channels_still_decode_with_every_decoder(tmp_path, monkeypatch, decoder):
+    path = _wav_header(tmp_path / "many.wav", 16000, 64, 1600)
+    if decoder != "soundfile":
+        monkeypatch.setattr(audio, "_FFMPEG_FIRST_EXTS", audio._FFMPEG_FIRST_EXTS | {".wav"})
+    if decoder == "ffmpeg":
+        if FFMPEG is None:
+            pytest.skip("ffmpeg not found on PATH (apt-get install ffmpeg)")
+        monkeypatch.setattr(audio_pyav, "import_av", lambda: None)
+    a = load_audio(path)
+    assert (a.decoder, a.source_channels, a.duration) == (decoder, 64, 0.1)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("rate", [1, 999, 768_001, 2**31 - 1])
+def test_an_odd_sample_rate_is_a_specific_error_for_every_decoder(
+    tmp_path, monkeypatch, decoder, rate
+):
+    """1 Hz decoded (as hours of noise from a few bytes); 2^31-1 Hz asked numpy for 80 GB for one
+    block and answered ``-32005 CUDA out of memory``. Both are refused before decoding."""
+    path = _wav_header(tmp_path / "odd.wav", rate, 1, 20)
+    err = _decode_with(decoder, path, monkeypatch)
+    assert (err.code, err.kind, err.data["sample_rate"]) == (
+        -32002,
+        "unsupported_sample_rate",
+        rate,
+    )
+    assert (err.data["min_sample_rate"], err.data["max_sample_rate"]) == (1000, 768_000)
+
+
+def test_a_block_never_holds_more_than_block_bytes(tmp_path, monkeypatch):
+    """A 64-channel file reads ~10 s at a time no longer: at 768 kHz that was 2 GB per block."""
+    monkeypatch.setattr(audio_sink, "BLOCK_BYTES", 64 * 1024)
+    path = _wav_header(tmp_path / "wide.wav", 48000, 64, 4800)
+    seen = []
+    real_feed = audio_sink.Pipeline.feed
+
+    def spy(self, block, **kw):
+        seen.append(block.size * 4)
+        real_feed(self, block, **kw)
+
+    monkeypatch.setattr(audio_sink.Pipeline, "feed", spy)
+    assert load_audio(path).duration == 0.1
+    assert len(seen) > 1 and max(seen) <= 64 * 1024
+    assert audio_sink.block_frames(768_000, 64, 10.0) * 64 * 4 <= audio_sink.BLOCK_BYTES

@@ -1,6 +1,6 @@
 """Audio through the real server (``python -m vibevoice_rpc`` over pipes): M4A/WebM decoded in
-process with no ffmpeg program to be found, and the bad-file cases of issues #14.3, #14.6 and #14.7
-answered with the right error, never ``-32603``.
+process with no ffmpeg program to be found, and the bad-file cases of issues #14.3, #14.6, #14.7
+and #19.6 answered with the right error, never ``-32603``.
 
 Most tests need no model: the audio is decoded before the model is loaded, and the engine reports
 ``loading_audio`` 1.0 "decoded N s of audio" first. With ``VIBEVOICE_MODEL_PATH`` pointing at an
@@ -142,13 +142,64 @@ def test_server_limits_a_streamed_flac_while_decoding(tmp_path):
         assert _decoded_seconds(p, rid) == 20.0, answer
 
 
-def test_server_decodes_a_few_hertz_wav_of_a_minute(tmp_path):
+def test_server_refuses_a_few_hertz_wav_with_a_specific_error(tmp_path):
+    """Issue #14.6 turned its -32603 into a decode; issue #19.6 into -32002: no speech below
+    1 kHz."""
     path = tmp_path / "3hz.wav"
     sf.write(path, np.tile(np.float32([0.5, -0.5, 0.25]), 70), 3)  # 70 s at 3 Hz
     with RpcProcess(env=_env(tmp_path, VIBEVOICE_AUDIO_THREADS="2")) as p:
-        rid, answer = _transcribe(p, path)
-        assert _decoded_seconds(p, rid) == 70.0, answer
-        assert answer["error"]["code"] == -32004
+        _, answer = _transcribe(p, path)
+        err = answer["error"]
+        assert (err["code"], err["data"]["kind"]) == (-32002, "unsupported_sample_rate"), err
+        assert err["data"]["sample_rate"] == 3 and "3 Hz" in err["message"]
+
+
+def test_server_refuses_255_channels_with_a_specific_error(tmp_path):
+    """Was -32603 ("ArgumentError: Invalid argument", PyAV's conversion of 255 channels)."""
+    import av
+
+    path = tmp_path / "255 channels.mka"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000, layout="255 channels")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1600 * 255), np.int16), format="s16", layout="255 channels"
+        )
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with RpcProcess(env=_env(tmp_path)) as p:
+        _, answer = _transcribe(p, path)
+        err = answer["error"]
+        assert (err["code"], err["data"]["kind"]) == (-32002, "too_many_channels"), err
+        assert (err["data"]["channels"], err["data"]["max_channels"]) == (255, 64)
+
+
+@pytest.mark.model
+@pytest.mark.timeout(240)
+def test_server_transcribes_an_adts_whose_rate_changes_midway(tmp_path, tiny_model):
+    """Was -32603 ("Frame does not match AudioResampler setup"); the change is said in
+    metadata.warnings."""
+    import av
+
+    data = b""
+    for i, rate in enumerate((16000, 44100, 16000)):
+        part = tmp_path / f"part{i}.aac"
+        with av.open(str(part), "w", format="adts") as out:
+            stream = out.add_stream("aac", rate=rate, layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                _speech(rate, 2.0)[None, :], format="fltp", layout="mono"
+            )
+            frame.sample_rate = rate
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                out.mux(packet)
+        data += part.read_bytes()
+    path = tmp_path / "joined.aac"
+    path.write_bytes(data)
+    with RpcProcess(env=_env(tmp_path, model=tiny_model)) as p:
+        _, answer = _transcribe(p, path)
+        meta = answer["result"]["metadata"]
+        assert 6.0 <= meta["duration"] <= 6.4, meta  # 3 x 2 s, + each part's priming
+        assert any("16000 -> 44100 -> 16000 Hz" in w for w in meta["warnings"]), meta
 
 
 @pytest.mark.skipif(os.name == "nt", reason="the stand-in ffmpeg is a script with a #! line")

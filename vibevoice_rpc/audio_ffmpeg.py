@@ -21,7 +21,14 @@ from typing import IO
 
 import numpy as np
 
-from .audio_sink import TARGET_RATE, DecodedAudio, NotDecoded, Pipeline, decoded_audio
+from .audio_sink import (
+    DecodedAudio,
+    NotDecoded,
+    Pipeline,
+    block_frames,
+    check_format,
+    decoded_audio,
+)
 from .config import ffmpeg_program
 
 log = logging.getLogger(__name__)
@@ -136,9 +143,8 @@ def decode_ffmpeg(
             header = _read_wav_header(proc.stdout)  # type: ignore[arg-type]
             if header is not None:
                 rate, channels = header
-                capacity = 10 * 60 * TARGET_RATE
-                pipe = Pipeline(rate, channels, capacity, limit, shown, scale=scale)
-                raw = np.empty(int(rate * _BLOCK_SECONDS) * channels, np.float32)
+                pipe = Pipeline(rate, channels, 0, limit, shown, scale=scale)  # length unknown
+                raw = np.empty(block_frames(rate, channels, _BLOCK_SECONDS) * channels, np.float32)
                 view = memoryview(raw).cast("B")
                 while True:
                     if check_cancel is not None:
@@ -161,6 +167,12 @@ def decode_ffmpeg(
             proc.wait()
         errfile.seek(0)
         messages = _ffmpeg_messages(errfile.read().decode("utf-8", "replace"), full)
+    if pipe is None and rc != 0:
+        # ffmpeg's conversion to float (swresample) fails on more than 64 channels before any
+        # output: ask ffmpeg what the stream is, to refuse it as every other decoder does.
+        stream = _probe_stream(ffmpeg, full, kwargs)
+        if stream is not None:
+            check_format(*stream, shown)
     if pipe is None or pipe.n_in == 0:
         if rc == 0 or "does not contain any stream" in messages or "matches no streams" in messages:
             raise NotDecoded(messages or "the file holds no audio samples", empty=True)
@@ -170,9 +182,38 @@ def decode_ffmpeg(
     if rc != 0 or messages:
         warnings.append(
             f"ffmpeg reported errors (the file may be truncated or damaged); decoded "
-            f"{pipe.n_in / pipe.rate:.1f} s: {messages or f'exit code {rc}'}"
+            f"{pipe.seconds:.1f} s: {messages or f'exit code {rc}'}"
         )
     return decoded_audio(samples, pipe.rate, pipe.channels, "ffmpeg", warnings)
+
+
+# ffmpeg's description of an input stream, e.g. "Stream #0:0: Audio: pcm_s16le, 24000 Hz,
+# 255 channels, s16" (a named layout, "mono", "stereo", "5.1(side)", … holds at most 24).
+_STREAM_LINE = re.compile(r"Stream #\S+.*?: Audio: .*?, (\d+) Hz, (?:(\d+) channels|[^,]+)")
+
+
+def _probe_stream(ffmpeg: str, full: str, kwargs: dict) -> tuple[int, int] | None:
+    """(rate, channels) of the first audio stream as ``ffmpeg -i`` describes it, or None."""
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-i", "file:" + full]
+    with tempfile.TemporaryFile() as errfile:  # read back at most 64 KB (tags can be long)
+        try:
+            subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errfile,
+                timeout=30,
+                check=False,
+                **kwargs,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        errfile.seek(0)
+        text = errfile.read(65536).decode("utf-8", "replace")
+    match = _STREAM_LINE.search(text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2) or 1)
 
 
 def _grow_pipe(stream: object) -> None:

@@ -3,8 +3,10 @@ WMA, … and whatever libsndfile cannot open.
 
 PyAV is imported on the first file that needs it. One worker thread demuxes and decodes into a
 small bounded queue; the calling thread turns the frames into arrays, downmixes, resamples and
-collects (and calls ``check_cancel``). The container's declared duration is checked against the
-limit before decoding. See docs/AUDIO.md ("PyAV, in process").
+collects (and calls ``check_cancel``). The stream's rate and channels and the container's declared
+duration are checked before decoding. Frames become float32 here (no swresample): a stream whose
+rate or layout changes midway is fed in runs, each resampled from its own rate. See docs/AUDIO.md
+("PyAV, in process").
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from collections.abc import Callable
 import numpy as np
 
 from .audio_sink import (
+    BLOCK_BYTES,
     TARGET_RATE,
     DecodedAudio,
     NotDecoded,
     Pipeline,
+    block_frames,
+    check_format,
     decoded_audio,
     out_len,
     too_long,
@@ -33,8 +38,15 @@ log = logging.getLogger(__name__)
 # A declared container duration can be an estimate (from the bitrate); refuse before decoding only
 # when it is clearly over the limit, and let the count while decoding settle the rest.
 _DECLARED_TOLERANCE = 0.005
+# Raw ADTS has no length anywhere: FFmpeg guesses one from the first frames' bitrate, which for
+# clips joined at different rates was 10.7 s for 7.5 s of audio. Not refused on that guess (the
+# count while decoding settles it); the guess still sizes the output array.
+_GUESSED_DURATION_FORMATS = frozenset({"aac"})
 _PYAV_BLOCK_SECONDS = 5.0
 _PYAV_QUEUE_BLOCKS = 3  # decoded blocks waiting for the resampler: bounded memory
+# Up to five batches are alive at once (three queued, one being filled, one being converted):
+# a quarter of a block's budget each. A 5 s batch of 48 kHz stereo is 1.9 MB, well below.
+_BATCH_BYTES = BLOCK_BYTES // 4
 _PYAV_MAX_BAD_PACKETS = 50  # consecutive packets that fail to decode before we stop
 
 _av_lock = threading.Lock()
@@ -94,8 +106,16 @@ def decode_pyav(
         if not container.streams.audio:
             raise NotDecoded("the file has no audio stream", empty=True)
         stream = container.streams.best("audio") or container.streams.audio[0]
-        declared = _declared_seconds(container, stream)
-        if declared is not None and declared > limit * (1 + _DECLARED_TOLERANCE) + 1.0:
+        codec = stream.codec_context
+        if codec.sample_rate and codec.channels:  # 0 when the container does not say
+            check_format(int(codec.sample_rate), int(codec.channels), shown)
+        declared = _declared_seconds(container, stream)  # also sizes the output array
+        guessed = container.format.name in _GUESSED_DURATION_FORMATS
+        if (
+            not guessed
+            and declared is not None
+            and declared > limit * (1 + _DECLARED_TOLERANCE) + 1.0
+        ):
             # Before decoding: a 5 MB file can hold hours of silence (a decompression bomb).
             raise too_long(shown, declared, limit, stopped=False)
         try:  # frame/slice threads where a codec has them (FFmpeg's audio decoders have none:
@@ -137,7 +157,9 @@ def _pyav_batches(av, container, stream, stop: threading.Event, errors: list[str
             continue
         for frame in frames:
             if not want:
-                want = int(frame.sample_rate * _PYAV_BLOCK_SECONDS)
+                want = block_frames(
+                    frame.sample_rate, frame.layout.nb_channels, _PYAV_BLOCK_SECONDS, _BATCH_BYTES
+                )
             batch.append(frame)
             have += frame.samples
             if have >= want:
@@ -147,60 +169,70 @@ def _pyav_batches(av, container, stream, stop: threading.Event, errors: list[str
         yield batch
 
 
+# FFmpeg's sample formats (planar ones end in "p"): the numpy type and, for integers, the offset
+# and scale to +-1, as swresample converts them (u8: (x - 128) / 128; s16: x / 2^15; …).
+_SAMPLE_TYPES: dict[str, tuple[type, float, float]] = {
+    "u8": (np.uint8, 128.0, 2.0**-7),
+    "s16": (np.int16, 0.0, 2.0**-15),
+    "s32": (np.int32, 0.0, 2.0**-31),
+    "s64": (np.int64, 0.0, 2.0**-63),
+    "flt": (np.float32, 0.0, 1.0),
+    "dbl": (np.float64, 0.0, 1.0),
+}
+
+
 class _FrameArrays:
-    """PyAV frames -> one planar float32 block (channels x samples) at the first frame's rate and
-    layout. Frames in another sample format, or whose rate or layout changes midway, go through
-    an ``av.AudioResampler`` to that (FFmpeg's swresample: exact for integer formats)."""
+    """PyAV frames -> planar float32 blocks (channels x samples), one per run of frames with the
+    same rate, channel count and sample format. Converted here rather than by an
+    ``av.AudioResampler``: that is set up by the first frame it sees and refuses a frame at another
+    rate ("Frame does not match AudioResampler setup"), and swresample refuses more than 64
+    channels; a run at a new rate is resampled from its own rate by the pipeline."""
 
-    def __init__(self, av) -> None:  # noqa: ANN001
-        self.av = av
-        self.rate = self.channels = 0
-        self.layout = None
-        self.convert = None
-
-    def _channels(self, frame) -> list[np.ndarray]:  # noqa: ANN001
-        # Views of the frame's own buffers: ~6x cheaper than frame.to_ndarray() (~20 µs a frame).
-        n = frame.samples
-        if frame.format.name == "fltp":
-            return [np.frombuffer(plane, np.float32, n) for plane in frame.planes]
-        data = np.frombuffer(frame.planes[0], np.float32, n * self.channels)  # "flt": packed
-        return list(data.reshape(n, self.channels).T)
-
-    def __call__(self, frames: list) -> np.ndarray:
-        if not self.rate:
-            first = frames[0]
-            self.rate, self.layout = first.sample_rate, first.layout
-            self.channels = first.layout.nb_channels
+    def __call__(self, frames: list) -> list[tuple[int, np.ndarray]]:
+        """``(rate, block)`` for each run in ``frames``."""
+        runs: list[tuple[int, np.ndarray]] = []
+        key: tuple | None = None
         parts: list[list[np.ndarray]] = []
         for frame in frames:
-            if self.convert is None and (
-                frame.format.name not in ("fltp", "flt")
-                or frame.sample_rate != self.rate
-                or frame.layout.nb_channels != self.channels
-            ):
-                self.convert = self.av.AudioResampler(
-                    format="fltp", layout=self.layout, rate=self.rate
-                )
-            if self.convert is None:
-                parts.append(self._channels(frame))
-            else:
-                parts.extend(self._channels(f) for f in self.convert.resample(frame))
-        return self._join(parts)
+            here = (frame.sample_rate, frame.layout.nb_channels, frame.format.name)
+            if here != key and parts:
+                runs.append((key[0], self._join(parts, key[2])))  # type: ignore[index]
+                parts = []
+            key = here
+            parts.append(self._channels(frame))
+        if parts:
+            runs.append((key[0], self._join(parts, key[2])))  # type: ignore[index]
+        return runs
 
-    def flush(self) -> np.ndarray | None:
-        """The converter's buffered tail, if a converter was used."""
-        if self.convert is None:
-            return None
-        return self._join([self._channels(f) for f in self.convert.resample(None)])
+    @staticmethod
+    def _channels(frame) -> list[np.ndarray]:  # noqa: ANN001
+        # Views of the frame's own buffers: ~6x cheaper than frame.to_ndarray() (~20 µs a frame).
+        n, name = frame.samples, frame.format.name
+        planar = frame.format.is_planar
+        base = name[:-1] if planar else name
+        if base not in _SAMPLE_TYPES:
+            raise NotDecoded(f"unsupported sample format {name!r}")
+        dtype = _SAMPLE_TYPES[base][0]
+        if planar:
+            return [np.frombuffer(plane, dtype, n) for plane in frame.planes]
+        channels = frame.layout.nb_channels
+        data = np.frombuffer(frame.planes[0], dtype, n * channels)  # packed: interleaved
+        return list(data.reshape(n, channels).T)
 
-    def _join(self, parts: list[list[np.ndarray]]) -> np.ndarray:
-        out = np.empty((max(1, self.channels), sum(len(p[0]) for p in parts)), np.float32)
+    @staticmethod
+    def _join(parts: list[list[np.ndarray]], fmt: str) -> np.ndarray:
+        out = np.empty((len(parts[0]), sum(len(p[0]) for p in parts)), np.float32)
         at = 0
         for chans in parts:
             n = len(chans[0])
             for c, data in enumerate(chans):
-                out[c, at : at + n] = data
+                out[c, at : at + n] = data  # to float32 (exact for 8/16-bit integers)
             at += n
+        _, offset, scale = _SAMPLE_TYPES[fmt[:-1] if fmt.endswith("p") else fmt]
+        if offset:
+            out -= np.float32(offset)
+        if scale != 1.0:
+            out *= np.float32(scale)
         return out
 
 
@@ -246,7 +278,7 @@ def _pyav_pipeline(
     worker = threading.Thread(target=produce, name="audio-pyav", daemon=True)
     worker.start()
     pipe: Pipeline | None = None
-    to_arrays = _FrameArrays(av)
+    to_arrays = _FrameArrays()
     try:
         while True:
             if check_cancel is not None:
@@ -256,18 +288,16 @@ def _pyav_pipeline(
             except queue.Empty:
                 continue
             if item is _END:
-                tail = to_arrays.flush()
-                if pipe is not None and tail is not None and tail.shape[1]:
-                    pipe.feed(tail, planar=True)
                 break
             if isinstance(item, BaseException):
                 raise item
-            block = to_arrays(item)
-            if pipe is None:
-                rate = to_arrays.rate
-                capacity = out_len(math.ceil((declared or 600.0) * rate), rate) + TARGET_RATE
-                pipe = Pipeline(rate, to_arrays.channels, capacity, limit, shown, scale=scale)
-            pipe.feed(block, planar=True)
+            for rate, block in to_arrays(item):
+                if pipe is None:
+                    capacity = 0  # unknown
+                    if declared:
+                        capacity = out_len(math.ceil(declared * rate), rate) + TARGET_RATE
+                    pipe = Pipeline(rate, len(block), capacity, limit, shown, scale=scale)
+                pipe.feed(block, planar=True, rate=rate)
     finally:
         stop.set()
         while worker.is_alive():  # it may be blocked on a full queue: drain until it sees stop
@@ -281,16 +311,20 @@ def _pyav_pipeline(
             raise NotDecoded("; ".join(errors[:3]))
         raise NotDecoded("the file holds no audio samples", empty=True)
     samples = pipe.finish()
-    decoded = pipe.n_in / pipe.rate
-    warnings: list[str] = []
+    decoded = pipe.seconds
+    warnings = pipe.rate_note()
     if errors:
         warnings.append(
             f"the decoder reported errors (the file may be truncated or damaged); decoded "
             f"{decoded:.1f} s: {'; '.join(errors[:3])[:300]}"
         )
-    elif declared is not None and decoded < declared - max(1.0, 0.01 * declared):
+    elif (
+        declared is not None
+        and len(pipe.rates) == 1  # else the declared length was guessed from the first rate
+        and decoded < declared - max(1.0, 0.01 * declared)
+    ):
         warnings.append(
             f"the file seems truncated: decoded {decoded:.1f} s of the {declared:.1f} s its "
             f"container announces"
         )
-    return decoded_audio(samples, pipe.rate, pipe.channels, "pyav", warnings)
+    return decoded_audio(samples, pipe.rates[0], pipe.channels, "pyav", warnings)

@@ -26,6 +26,8 @@ from .audio_sink import (
     NotDecoded,
     Pipeline,
     Resampler,
+    block_frames,
+    check_format,
     decoded_audio,
     mono_checked,
     out_len,
@@ -40,7 +42,6 @@ _PART_MIN_SECONDS = 30.0
 _OVERLAP_SECONDS = 1.0  # decoder pre-roll (Opus: 80 ms) and soxr's filter settle well within this
 _PROBE_SECONDS = 0.25  # compared between neighbouring parts to prove the seek was exact
 _PROBE_TOLERANCE = 1e-4
-_PARALLEL_MIN_RATE = 1000  # below this a whole file is a few hundred samples a second: one pass
 # libsndfile's frame count for a stream without a length (a FLAC written to a pipe): SF_COUNT_MAX.
 _UNKNOWN_FRAMES = 1 << 62
 # libsndfile seeks these sample-exactly. Not MP3: its frame count can be an estimate (no Xing/LAME
@@ -91,6 +92,7 @@ def decode_soundfile(
         warnings = _log_warnings(f.extra_info)
         if rate <= 0 or channels <= 0:
             raise NotDecoded(f"invalid header ({rate} Hz, {channels} channels)")
+        check_format(rate, channels, shown)
         # A FLAC stream written to a pipe has no length in its header: libsndfile then says
         # SF_COUNT_MAX frames (and soundfile's read, which seeks after every block, fails after
         # the first one). Unknown, not endless: PyAV (or the ffmpeg program) decodes and counts,
@@ -107,7 +109,6 @@ def decode_soundfile(
             and scale == 1.0
             and not warnings
             and fmt in _SEEK_EXACT_FORMATS
-            and rate >= _PARALLEL_MIN_RATE
             and f.seekable()
             and frames / rate >= max(_PARALLEL_MIN_SECONDS, 2 * _PART_MIN_SECONDS)
         ):
@@ -122,7 +123,7 @@ def decode_soundfile(
             except Exception as exc:
                 raise NotDecoded(_sf_message(exc, full)) from None
         pipe = Pipeline(rate, channels, out_len(frames, rate) + 1, limit, shown, scale=scale)
-        block = int(rate * _BLOCK_SECONDS)
+        block = block_frames(rate, channels, _BLOCK_SECONDS)
         buf = np.empty((block, channels) if channels > 1 else block, np.float32)
         error: str | None = None
         while True:
@@ -194,7 +195,7 @@ def _decode_parts(
     heads = [np.zeros(probe_len, np.float32) for _ in range(parts)]
     tails = [np.zeros(probe_len, np.float32) for _ in range(parts)]
     stop = threading.Event()
-    block = int(rate * _BLOCK_SECONDS)
+    block = block_frames(rate, channels, _BLOCK_SECONDS)
 
     def work(i: int) -> bool:
         a, b = bounds[i], bounds[i + 1]

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import PROTOCOL_VERSION, __version__
-from .config import Config, setup_logging
+from .config import Config, env_help, flag_help, setup_logging, warn_unknown_env
 from .messages import PRECISIONS
 
 if TYPE_CHECKING:
@@ -24,34 +24,38 @@ talking to the server by hand (one JSON-RPC 2.0 message per line on stdin, answe
   {"jsonrpc":"2.0","id":3,"method":"shutdown"}
 logs go to stderr; stdout carries protocol messages only. See docs/PROTOCOL.md.
 
-environment: VIBEVOICE_PRECISION, VIBEVOICE_MODEL_PATH, VIBEVOICE_DEVICE, VIBEVOICE_PRELOAD,
-VIBEVOICE_OFFLINE, VIBEVOICE_LOG_LEVEL, VIBEVOICE_FFMPEG, VIBEVOICE_MAX_AUDIO_SECONDS,
-VIBEVOICE_MAX_WINDOW_SECONDS, VIBEVOICE_MAX_QUEUE, VIBEVOICE_ALLOW_CPU_OFFLOAD.
 """
+# The variables come from config.ENV_VARS, the table the configuration is read by: never a list
+# kept here that could leave one out.
+_EPILOG += env_help()
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: …)" only where the help does not say it already and there is a default
+    to tell (argparse's own printed "(default: scaled) (default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, [], False):
+            return text
+        return super()._get_help_string(action)
 
 
 def _add_model_options(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
     """The model options, accepted before and after the command. A subcommand's copies default
     to "not given" (SUPPRESS), so they never overwrite what was given before the command."""
     kw: dict[str, object] = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument("--precision", choices=PRECISIONS, help=flag_help("VIBEVOICE_PRECISION"), **kw)
+    p.add_argument("--model-path", help=flag_help("VIBEVOICE_MODEL_PATH"), **kw)
     p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help=f"model precision: {', '.join(PRECISIONS)} (VIBEVOICE_PRECISION, default fp16)",
-        **kw,
+        "--device", choices=("auto", "cuda", "cpu"), help=flag_help("VIBEVOICE_DEVICE"), **kw
     )
-    p.add_argument("--model-path", help="checkpoint dir or cache dir (VIBEVOICE_MODEL_PATH)", **kw)
-    p.add_argument(
-        "--device", choices=("auto", "cuda", "cpu"), help="VIBEVOICE_DEVICE (default auto)", **kw
-    )
-    p.add_argument(
-        "--log-level", help="DEBUG, INFO, WARNING, ERROR (VIBEVOICE_LOG_LEVEL, default INFO)", **kw
-    )
+    p.add_argument("--log-level", help=flag_help("VIBEVOICE_LOG_LEVEL"), **kw)
 
 
 def _add_serve_options(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
     kw: dict[str, object] = {"default": argparse.SUPPRESS} if sub else {}
-    p.add_argument("--preload", action="store_true", help="load the model right after ready", **kw)
+    p.add_argument("--preload", action="store_true", help=flag_help("VIBEVOICE_PRELOAD"), **kw)
     p.add_argument(
         "--parent-pid",
         type=_parent_pid,
@@ -121,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "transcribe",
         help="transcribe one file and print the result",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     t.add_argument("file", help="the audio file (any format the server reads)")
     t.add_argument(
@@ -139,11 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model-id", help="hub id (default microsoft/VibeVoice-ASR-HF)")
     d.add_argument("--revision", help="branch, tag or commit (default main)")
     d.add_argument("--dir", help="target folder (default VIBEVOICE_MODEL_PATH or HF_HOME/...)")
-    d.add_argument(
-        "--log-level",
-        help="DEBUG, INFO, WARNING, ERROR (VIBEVOICE_LOG_LEVEL)",
-        default=argparse.SUPPRESS,
-    )
+    d.add_argument("--log-level", help=flag_help("VIBEVOICE_LOG_LEVEL"), default=argparse.SUPPRESS)
     return parser
 
 
@@ -173,7 +173,14 @@ def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) 
 
     proto_fd = claim_stdout()
     command = args.command or "serve"
+    if command != "serve" and sys.stderr is not None and sys.stderr.isatty():
+        # The progress bar and log records share the terminal's last line: a record blanks the
+        # bar, is written on its own line, and the bar is drawn again below it.
+        from .logsink import ConsoleStream
+
+        sys.stderr = sys.stdout = ConsoleStream(sys.stderr)
     setup_logging(config.log_level, nonblocking=command == "serve")
+    warn_unknown_env(os.environ)  # VIBEVOICE_PRECISON=int8 was silently ignored
     if command == "serve":
         from .server import serve
 

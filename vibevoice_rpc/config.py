@@ -2,14 +2,22 @@
 
 Flags win over environment variables, which win over defaults. The environment variable names are the
 app's contract (``VIBEVOICE_PRECISION``, ``VIBEVOICE_MODEL_PATH``); keep them exactly.
+
+:data:`ENV_VARS` is the one table of the variables: name, default, meaning and flag. The reading
+below looks each name up in it, ``--help`` is generated from it (:func:`env_help`), and
+:func:`unknown_env_warnings` warns about any other ``VIBEVOICE_*`` name at start (a typo such as
+``VIBEVOICE_PRECISON`` was silently ignored). tests/test_config_errors.py checks that every name
+this module reads has a row, and that each row's default is what the reading gives.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -25,15 +33,298 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "DIALECTS",
     "LOG_FORMAT",
+    "ENV_VARS",
+    "EnvVar",
     "RemoteSettings",
     "clean_api_key",
+    "env_help",
+    "flag_help",
     "setup_logging",
+    "unknown_env_warnings",
+    "warn_unknown_env",
     "env_flag",
     "ffmpeg_program",
     "validate_url",
 ]
 
 DEFAULT_MODEL_ID = "microsoft/VibeVoice-ASR-HF"
+
+ENV_PREFIX = "VIBEVOICE_"
+DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: ``value`` is what the setting is when the variable is unset (a
+    test compares it with what the reading gives), ``default`` how ``--help`` and the README say
+    it, ``attr`` the :class:`Config` field it sets (``remote.<field>`` for
+    :class:`RemoteSettings`), ``flag`` the command-line option that wins over it."""
+
+    name: str
+    value: object
+    default: str
+    meaning: str
+    attr: str
+    flag: str | None = None
+
+
+# The table: --help lists it in this order; README.md's configuration table has a row for each.
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar(
+        "VIBEVOICE_PRECISION",
+        "fp16",
+        "fp16",
+        "model precision: fp16, bf16, int8, nf4, fp32, auto (the best that fits free VRAM)",
+        "precision",
+        "--precision",
+    ),
+    EnvVar(
+        "VIBEVOICE_MODEL_PATH",
+        None,
+        "download_model's folder, then the Hugging Face cache",
+        "checkpoint folder (with config.json) or Hugging Face cache folder; tiny: the tiny "
+        "random-weight model (noise, for trying the protocol)",
+        "model_path",
+        "--model-path",
+    ),
+    EnvVar("VIBEVOICE_DEVICE", "auto", "auto", "auto, cuda or cpu", "device", "--device"),
+    EnvVar(
+        "VIBEVOICE_PRELOAD",
+        False,
+        "off",
+        "load the model in the background right after ready (1, true, yes or on)",
+        "preload",
+        "--preload",
+    ),
+    EnvVar(
+        "VIBEVOICE_OFFLINE",
+        False,
+        "off",
+        "download_model refuses, -32011 offline (1, true, yes or on; HF_HUB_OFFLINE too)",
+        "offline",
+    ),
+    EnvVar(
+        "VIBEVOICE_LOG_LEVEL",
+        "INFO",
+        "INFO",
+        "stderr log level: DEBUG, INFO, WARNING, ERROR",
+        "log_level",
+        "--log-level",
+    ),
+    EnvVar("VIBEVOICE_MAX_QUEUE", 16, "16", "queued jobs before busy (-32007)", "max_queue"),
+    EnvVar(
+        "VIBEVOICE_MAX_AUDIO_SECONDS",
+        DEFAULT_MAX_AUDIO_SECONDS,
+        "14400",
+        "longer audio is refused (-32003)",
+        "max_audio_seconds",
+    ),
+    EnvVar(
+        "VIBEVOICE_MAX_WINDOW_SECONDS",
+        3600.0,
+        "3600",
+        "single-pass limit (at least 10); longer audio is split at quiet moments into "
+        "overlapping windows (lower automatically when VRAM is small)",
+        "max_window_seconds",
+    ),
+    EnvVar(
+        "VIBEVOICE_ALLOW_CPU_OFFLOAD",
+        False,
+        "off",
+        "let a model that does not fit VRAM spill to the CPU instead of failing fast (1, true, "
+        "yes or on)",
+        "allow_cpu_offload",
+    ),
+    EnvVar(
+        "VIBEVOICE_FFMPEG",
+        None,
+        "next to the executable, then PATH",
+        "an ffmpeg program (or a folder holding one) for the audio fallback, used only when "
+        "PyAV is missing or cannot decode a file",
+        "ffmpeg",
+    ),
+    EnvVar(
+        "VIBEVOICE_AUDIO_THREADS",
+        None,
+        "the CPUs, at most 4",
+        "threads for decoding long WAV/FLAC/Opus in parallel parts (1: one pass)",
+        "audio_threads",
+    ),
+    EnvVar(
+        "VIBEVOICE_BACKEND",
+        "local",
+        "local",
+        "local (the model in this process) or remote (a VibeVoice vLLM server: VIBEVOICE_REMOTE_*)",
+        "backend",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_URL",
+        None,
+        "unset",
+        "the remote server, http(s)://host:port (with or without /v1)",
+        "remote.url",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_API_KEY",
+        None,
+        "unset",
+        "sent as Authorization: Bearer ...; never logged",
+        "remote.api_key",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_MODEL",
+        "vibevoice",
+        "vibevoice",
+        "the server's --served-model-name",
+        "remote.model",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_DIALECT",
+        "official",
+        "official",
+        "official (Microsoft's plugin: the whole instruction as text) or transformers (vLLM's "
+        "Transformers backend: the text is the context)",
+        "remote.dialect",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS",
+        3600.0,
+        "3600",
+        "longest window sent to the server (at most 3600)",
+        "remote.max_audio_seconds",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_IDLE_TIMEOUT",
+        300.0,
+        "300",
+        "seconds without a byte from the server (waiting for the answer's headers, or within the "
+        "stream): a stalled server",
+        "remote.idle_timeout",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_CONNECT_TIMEOUT",
+        10.0,
+        "10",
+        "seconds a connect (DNS included) may take: an unreachable server",
+        "remote.connect_timeout",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_UPLOAD_TIMEOUT",
+        600.0,
+        "600",
+        "seconds sending one window's request may take",
+        "remote.upload_timeout",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_WINDOW_TIMEOUT",
+        7200.0,
+        "7200",
+        "seconds one window's answer may take, from its headers to its end",
+        "remote.window_timeout",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_RETRIES",
+        3,
+        "3",
+        "retries (0-10) of 429/502/503/504 and refused connections, with backoff",
+        "remote.retries",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_FALLBACK",
+        None,
+        "unset",
+        "local: when the server can't be reached, transcribe with the local model (said in "
+        "metadata.warnings)",
+        "remote.fallback",
+    ),
+    EnvVar(
+        "VIBEVOICE_REMOTE_CONTINUATION",
+        "restart",
+        "restart",
+        "how a loop-recovery try resumes: restart (the window again; any server) or prefix (a "
+        "final assistant message; needs a server whose chat template renders it)",
+        "remote.continuation",
+    ),
+)
+ENV: dict[str, EnvVar] = {var.name: var for var in ENV_VARS}
+
+# VIBEVOICE_* names that belong to other programs, never warned about: the test suite's hooks
+# read by its stand-in servers (tests/scripted_server.py, tests/download_server.py), the real-vLLM
+# test harness (tests/vllm_server.py) and the frozen build (build_exe.spec). They are exported in
+# the same shell or CI job that starts the server (the Windows workflow sets
+# VIBEVOICE_BUILD_BITSANDBYTES for every step; every scripted test server runs this code with
+# VIBEVOICE_TEST_SCRIPT set): a warning there would be noise in every log, and noise teaches
+# people to skip the warning that matters.
+FOREIGN_PREFIXES = ("VIBEVOICE_TEST_", "VIBEVOICE_BUILD_", "VIBEVOICE_VLLM_")
+
+
+def _name(name: str) -> str:
+    """``name``, if it has a row in :data:`ENV_VARS` (KeyError otherwise)."""
+    return ENV[name].name
+
+
+def _value(name: str):  # noqa: ANN202 - the row's typed value (int, float, str)
+    """The setting's value when its variable is unset, from the table."""
+    return ENV[name].value
+
+
+def _raw(env: Mapping[str, str], name: str) -> str:
+    """The variable's text, stripped ('' when unset). Only names in :data:`ENV_VARS` (KeyError
+    otherwise: a new setting needs its row, or --help and the typo warning would miss it)."""
+    return (env.get(ENV[name].name) or "").strip()
+
+
+def flag_help(name: str) -> str:
+    """A flag's help text: the variable's meaning, its name and default."""
+    var = ENV[name]
+    return f"{var.meaning} ({var.name}; default: {var.default})"
+
+
+def env_help(width: int = 100) -> str:
+    """The environment part of ``--help``: every variable, its default and meaning."""
+    lines = ["environment variables (a flag wins over its variable; checked at start):"]
+    for var in ENV_VARS:
+        flag = f", {var.flag}" if var.flag else ""
+        lines.append(f"  {var.name}{flag} (default: {var.default})")
+        lines += textwrap.wrap(
+            var.meaning,
+            width,
+            initial_indent=" " * 6,
+            subsequent_indent=" " * 6,
+            break_on_hyphens=False,
+        )
+    lines += textwrap.wrap(
+        f"Any other {ENV_PREFIX}* variable is a warning at start, naming the nearest setting "
+        f"(names starting {', '.join(FOREIGN_PREFIXES)} belong to the tests and the build).",
+        width,
+    )
+    return "\n".join(lines)
+
+
+def warn_unknown_env(env: Mapping[str, str]) -> None:
+    """Log :func:`unknown_env_warnings`, one WARNING line each: a typo is never a stop."""
+    for line in unknown_env_warnings(env):
+        log.warning("%s", line)
+
+
+def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
+    """One line per ``VIBEVOICE_*`` variable in ``env`` that is not a setting, with the nearest
+    known name. Names only: a value (it may be a misspelt API key's) is never shown."""
+    out = []
+    for key in sorted(env):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or key in ENV or upper.startswith(FOREIGN_PREFIXES):
+            continue
+        shown = key if key.isascii() and key.isprintable() else ascii(key)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        if upper in ENV:
+            hint = f"; did you mean {upper} (names are upper case)?"
+        else:  # compared without the prefix all names share, which would make anything close
+            tails = {name[len(ENV_PREFIX) :]: name for name in ENV}
+            near = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(tails), n=1, cutoff=0.6)
+            hint = f"; did you mean {tails[near[0]]}?" if near else " (--help lists the settings)"
+        out.append(f"the environment variable {shown} is not a setting and is ignored{hint}")
+    return out
 
 
 def env_flag(value: str | None) -> bool:
@@ -173,7 +464,6 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
 
 # Windows overlap by up to 10 s; shorter windows than this would be mostly overlap.
 MIN_WINDOW_SECONDS = 10.0
-DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
 
 
 def _is_exe(path: str) -> bool:
@@ -195,7 +485,7 @@ def ffmpeg_program(path: str) -> str | None:
 
 
 def _env_ffmpeg(env: Mapping[str, str]) -> str | None:
-    raw = env.get("VIBEVOICE_FFMPEG", "").strip()
+    raw = _raw(env, "VIBEVOICE_FFMPEG")
     if not raw:
         return None
     program = ffmpeg_program(raw)
@@ -236,16 +526,16 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         env = os.environ if env is None else env
-        precision = env.get("VIBEVOICE_PRECISION", "").strip().lower() or "fp16"
+        precision = _raw(env, "VIBEVOICE_PRECISION").lower() or _value("VIBEVOICE_PRECISION")
         if precision not in PRECISIONS:
             raise SystemExit(
                 f"vibevoice-rpc: VIBEVOICE_PRECISION={precision!r} is not one of "
                 f"{', '.join(PRECISIONS)}"
             )
-        device = env.get("VIBEVOICE_DEVICE", "").strip().lower() or "auto"
+        device = _raw(env, "VIBEVOICE_DEVICE").lower() or _value("VIBEVOICE_DEVICE")
         if device not in ("auto", "cuda", "cpu"):
             raise SystemExit(f"vibevoice-rpc: VIBEVOICE_DEVICE={device!r} is not auto, cuda or cpu")
-        backend = env.get("VIBEVOICE_BACKEND", "").strip().lower() or "local"
+        backend = _raw(env, "VIBEVOICE_BACKEND").lower() or _value("VIBEVOICE_BACKEND")
         if backend not in BACKENDS:
             raise SystemExit(f"vibevoice-rpc: VIBEVOICE_BACKEND={backend!r} is not local or remote")
         remote = remote_from_env(env)
@@ -258,21 +548,24 @@ class Config:
             backend=backend,
             remote=remote,
             precision=precision,
-            model_path=env.get("VIBEVOICE_MODEL_PATH") or None,
+            model_path=env.get(_name("VIBEVOICE_MODEL_PATH")) or None,  # as given: not stripped
             device=device,
-            preload=env_flag(env.get("VIBEVOICE_PRELOAD")),
-            offline=env_flag(env.get("VIBEVOICE_OFFLINE")),
-            allow_cpu_offload=env_flag(env.get("VIBEVOICE_ALLOW_CPU_OFFLOAD")),
-            log_level=(env.get("VIBEVOICE_LOG_LEVEL") or "INFO").upper(),
-            max_queue=_env_int(env, "VIBEVOICE_MAX_QUEUE", 16),
+            preload=env_flag(_raw(env, "VIBEVOICE_PRELOAD")),
+            offline=env_flag(_raw(env, "VIBEVOICE_OFFLINE")),
+            allow_cpu_offload=env_flag(_raw(env, "VIBEVOICE_ALLOW_CPU_OFFLOAD")),
+            log_level=(_raw(env, "VIBEVOICE_LOG_LEVEL") or _value("VIBEVOICE_LOG_LEVEL")).upper(),
+            max_queue=_env_int(env, "VIBEVOICE_MAX_QUEUE", _value("VIBEVOICE_MAX_QUEUE")),
             max_window_seconds=_env_float(
-                env, "VIBEVOICE_MAX_WINDOW_SECONDS", 3600.0, minimum=MIN_WINDOW_SECONDS
+                env,
+                "VIBEVOICE_MAX_WINDOW_SECONDS",
+                _value("VIBEVOICE_MAX_WINDOW_SECONDS"),
+                minimum=MIN_WINDOW_SECONDS,
             ),
             max_audio_seconds=_env_float(
-                env, "VIBEVOICE_MAX_AUDIO_SECONDS", DEFAULT_MAX_AUDIO_SECONDS
+                env, "VIBEVOICE_MAX_AUDIO_SECONDS", _value("VIBEVOICE_MAX_AUDIO_SECONDS")
             ),
             # 0 only when unset (a value must be at least 1): the decoder's default
-            audio_threads=_env_int(env, "VIBEVOICE_AUDIO_THREADS", 0) or None,
+            audio_threads=_env_int(env, _name("VIBEVOICE_AUDIO_THREADS"), 0) or None,
             ffmpeg=_env_ffmpeg(env),
         )
 

@@ -17,6 +17,10 @@ serving:
   switched to ``O_NONBLOCK``: the real stderr's file description may be shared with a terminal or
   with stdout. Without ``poll`` (Windows) every write happens on the writer thread, which is then the
   only thread that can block on stderr.
+
+The commands for people (``transcribe``, ``download``) do not serve; on a terminal their stderr is a
+:class:`ConsoleStream` instead, so the progress bar (a line redrawn with ``\r``) and log records
+share the screen without running into each other.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import time
 from collections import deque
 from typing import Any
 
-__all__ = ["StderrSink", "SinkStream", "SinkHandler", "install", "current"]
+__all__ = ["ConsoleStream", "StderrSink", "SinkStream", "SinkHandler", "install", "current"]
 
 DEFAULT_MAX_BYTES = 256 * 1024  # queued while stderr is full; more is dropped
 _PIECE = getattr(select, "PIPE_BUF", 512)  # POSIX guarantees >= 512; Linux has 4096
@@ -282,6 +286,84 @@ class _SinkBuffer(io.RawIOBase):
         self._stream.flush()  # keep the order of text written before
         self._stream._sink.write(data, max(1, data.count(b"\n")))
         return len(data)
+
+
+class ConsoleStream(io.TextIOBase):
+    r"""``sys.stderr`` of a command on a terminal, shared by a status line and everything else.
+
+    The status line (the progress bar) is what is written with a leading ``\r`` or ``\n`` and
+    left unfinished (no ``\n`` at its end). Any other write (a log record, a warning) would
+    continue that line — "…0% decoding audio2026-12-07 … INFO …" — so it first blanks the
+    line and returns to its start, and once the record has ended its line the status line is
+    drawn again below it. Only ``\r``, ``\n`` and spaces: a legacy Windows console shows ANSI
+    escapes as text.
+    """
+
+    def __init__(self, real: Any) -> None:
+        super().__init__()
+        self._real = real
+        self._lock = threading.RLock()  # records come from any thread; the bar from the caller's
+        # The status line as the screen holds it: its text since the last "\r", and the widest
+        # it has been since the last "\n" (what a blank must cover). Kept small: a download
+        # redraws the bar for an hour without ending the line.
+        self._line = ""
+        self._width = 0
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._real, "errors", None)
+
+    @property
+    def buffer(self) -> Any:
+        return self._real.buffer
+
+    def isatty(self) -> bool:
+        return self._real.isatty()
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        with self._lock:
+            self._real.flush()
+
+    def write(self, s: str) -> int:  # type: ignore[override]
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not s:
+            return 0
+        with self._lock:
+            if s[0] in "\r\n" or not self._width:
+                self._real.write(s)
+                self._follow(s)
+                return len(s)
+            # Someone else's text while the status line is up: blank it, write, draw it again.
+            self._real.write("\r" + " " * self._width + "\r" + s)
+            if s.endswith("\n"):
+                line = self._line.rstrip(" ")
+                self._real.write(line)
+                self._line, self._width = line, len(line)
+            else:  # a partial line of its own now holds the screen line: the bar redraws over it
+                self._line, self._width = "", 0
+            self._real.flush()
+        return len(s)
+
+    def _follow(self, s: str) -> None:
+        """Track what ``s`` leaves on the screen's last line."""
+        if "\n" in s:
+            self._line, self._width = "", 0
+            s = s[s.rfind("\n") + 1 :]
+        parts = s.split("\r")
+        current = self._line + parts[0]  # up to the first "\r", the text continues the line
+        self._line = parts[-1] if len(parts) > 1 else current
+        self._width = max(self._width, len(current), *(len(part) for part in parts[1:]))
 
 
 # The app parses every stderr line in this shape (config.setup_logging uses it too).
