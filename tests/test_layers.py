@@ -26,6 +26,7 @@ ENGINE_SIDE = {
     "planner",
     "model_source",
     "download",
+    "hub_listing",
     "gpu",
     "tiny",
     "pipeline",
