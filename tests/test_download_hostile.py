@@ -110,6 +110,22 @@ def test_a_name_through_a_link_in_the_target_is_refused(hub: FakeHub, tmp_path: 
     }
 
 
+def test_a_state_folder_linked_out_of_the_target_is_not_used(hub: FakeHub, tmp_path: Path) -> None:
+    """The download writes its manifest and deletes orphaned partial files in .vibevoice-download:
+    a link from there to elsewhere is refused before either."""
+    target, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    target.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious.part").write_text("not a download's")
+    os.symlink(elsewhere, target / ".vibevoice-download")
+    before = snapshot(elsewhere)
+    with RpcProcess(env=_env(hub, tmp_path / "home")) as p:
+        err = p.call("download_model", {"target_dir": str(target)}, timeout=60)["error"]
+    assert err["code"] == -32011 and err["data"]["kind"] == "write_failed"
+    assert "symbolic link" in err["message"]
+    assert snapshot(elsewhere) == before and hub.bytes_sent() == 0
+
+
 def test_the_download_command_refuses_a_hostile_name(hub: FakeHub, tmp_path: Path) -> None:
     outside, target = _layout(tmp_path)
     hub.repos[REPO_ID]["../../x.json"] = EVIL

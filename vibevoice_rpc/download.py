@@ -599,6 +599,15 @@ def download_model(
     old_keys = {}
     if old is not None and old.model_id == model_id:
         old_keys = {f.name: f.key for f in old.files}
+    if os.path.islink(_state(target)) and safe_path(target, STATE_DIR) is None:
+        # The manifest is written there and orphaned *.part files under it are deleted.
+        raise DownloadFailed(
+            f"{_state(target)} is a symbolic link out of {target}: refused (the download writes "
+            "and deletes its partial files there)",
+            kind="write_failed",
+            hint=f"remove the link {_state(target)}",
+            path=str(_state(target)),
+        )
     try:
         _state(target).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
