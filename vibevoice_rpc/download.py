@@ -3,11 +3,11 @@
 A checkpoint is downloaded into a plain directory (``target_dir``; default ``VIBEVOICE_MODEL_PATH``,
 else ``<HF_HOME>/vibevoice-rpc/<org>--<name>``), one file after another, through huggingface_hub's own
 primitives (its HTTP session and model-info endpoint for the listing with sizes and hashes,
-``hf_hub_url``, ``build_hf_headers``, ``http_stream_backoff``, ``hf_raise_for_status``), so ``HF_ENDPOINT``,
-``HF_TOKEN``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` work as everywhere else. It does not call
-``hf_hub_download`` itself: huggingface_hub 2.4 writes to a process-unique ``.incomplete`` name that
-the next process never reuses (FIELD-NOTES §10), and reads 10 MiB per chunk, too coarse for a cancel
-within 1 s on a slow line. Here each file goes to a stable partial name
+``hf_hub_url``, ``build_hf_headers``, ``http_stream_backoff``, ``hf_raise_for_status``), so
+``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` work as everywhere else. It does
+not call ``hf_hub_download`` itself: huggingface_hub 2.4 writes to a process-unique ``.incomplete``
+name that the next process never reuses (FIELD-NOTES §10), and reads 10 MiB per chunk, too coarse
+for a cancel within 1 s on a slow line. Here each file goes to a stable partial name
 (``.vibevoice-download/<file>.<hash>.part``), resumed with ``Range`` by the next call or the next
 process; it is checked against the listing's size and hash (LFS sha256, else the git blob sha1)
 before it is moved into place, and ``config.json`` is placed last, so a directory with
@@ -308,13 +308,23 @@ def _read_manifest(target: Path) -> Listing | None:
     except FileNotFoundError:
         return None
     except (OSError, CheckpointFileError) as exc:
-        log.warning("ignoring the download manifest %s: %s", path, exc)
+        _ignored(path, exc)
         return None
     try:
         return Listing.from_json(json.loads(raw), target)
     except (ValueError, RecursionError, DownloadFailed) as exc:
-        log.warning("ignoring the download manifest %s: %s", path, getattr(exc, "message", exc))
+        _ignored(path, exc)
         return None
+
+
+_warned: set[str] = set()
+
+
+def _ignored(path: Path, exc: BaseException) -> None:
+    """Say once per manifest why it is not used (model_status may be polled every second)."""
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("ignoring the download manifest %s: %s", path, getattr(exc, "message", exc))
 
 
 def _write_manifest(target: Path, listing: Listing, complete: bool) -> None:
