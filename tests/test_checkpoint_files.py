@@ -141,7 +141,7 @@ DEFECTS: list[tuple[str, Callable[[Path], None], str, list[str]]] = [
     ("a JSON list", _text("config.json", "[1, 2]"), "invalid_config", ["list"]),
     ("deep JSON", _text("config.json", "[" * 10**5 + "]" * 10**5), "invalid_config", ["JSON"]),
     ("index outside", _index, "invalid_config", ["'../../../etc/passwd'"]),
-    ("config of other weights", _wide, "invalid_config", ["does not belong"]),
+    ("config of other weights", _wide, "model_load_failed", ["belongs to another model"]),
 ]
 
 

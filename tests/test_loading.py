@@ -179,13 +179,14 @@ def test_a_load_that_fails_midway_restores_the_previous_model(
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     weights = broken / "model.safetensors"
-    # A cut download: the config describes more parameters than the weights hold, refused while
+    # A cut download: the weights hold fewer parameters than the config describes, refused while
     # planning, before the loaded model is touched.
     whole = weights.read_bytes()
     weights.write_bytes(whole[:4096])
     with pytest.raises(ModelUnavailable) as info:
         engine.reload(ReloadParams(precision="bf16", model_path=str(broken)), job())
-    assert info.value.data["kind"] == "invalid_config" and info.value.data["kept_model"] is True
+    assert info.value.data["kind"] == "model_load_failed" and info.value.data["kept_model"] is True
+    assert "incomplete or damaged" in info.value.message
     assert engine.snapshot().model == str(tiny_model)
     # Weights of the right size whose header is broken: only the load itself finds out.
     weights.write_bytes(whole[:8] + b"x" + whole[9:])

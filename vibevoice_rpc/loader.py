@@ -338,9 +338,10 @@ def _read_config(source: Path, auto_config: Any) -> Any:
 
 
 # The fewest bytes a parameter takes in a safetensors file (4-bit); the real checkpoint stores 2
-# (bf16). A config describing more parameters than the weights on disk can hold does not belong to
-# them, and from_pretrained would first allocate the model it describes (measured: a hidden_size of
-# 4096 over the tiny model's 39 MB of weights took 7.3 GB and 26 s before failing).
+# (bf16). Weights on disk smaller than the parameters config.json describes are cut or corrupt, or
+# the config belongs to another model; either way from_pretrained would first allocate the model the
+# config describes (measured: a hidden_size of 4096 over the tiny model's 39 MB of weights took
+# 7.3 GB and 26 s before failing).
 _MIN_BYTES_PER_PARAM = 0.5
 
 
@@ -349,11 +350,13 @@ def _check_weights_hold(params: int, folder: Path, file: Path) -> None:
     if params * _MIN_BYTES_PER_PARAM <= on_disk * 1.1 + 2**20:
         return
     raise ModelUnavailable(
-        f"Model file {file} describes {params / 1e9:.2f} B parameters, but the weights in "
-        f"{folder} are {on_disk / 1e9:.2f} GB: config.json does not belong to these weights",
-        kind="invalid_config",
-        hint="use a complete VibeVoice-ASR-HF checkpoint (download_model fetches one)",
-        path=str(file),
+        f"The weights in {folder} are {on_disk / 1e6:,.1f} MB, but {file.name} describes "
+        f"{params / 1e9:.3f} B parameters (at least {params * _MIN_BYTES_PER_PARAM / 1e6:,.0f} MB): "
+        "the weights are incomplete or damaged, or config.json belongs to another model",
+        kind="model_load_failed",
+        hint="download_model fetches the checkpoint again (or use a complete VibeVoice-ASR-HF "
+        "checkpoint)",
+        path=str(folder),
         parameters=params,
         weights_bytes=on_disk,
     )
