@@ -5,12 +5,18 @@ git blob ids, LFS sha256), the file tree, and ``HEAD``/``GET /<repo>/resolve/<re
 ``ETag``, ``X-Repo-Commit``, ``Content-Length`` and ``Range``. Faults are switched on per file:
 a pause after N bytes (until :attr:`FakeHub.release` is set: tests wait on events, not sleeps), a
 truncated body, corrupt bytes, a required token, a gated repo, a rate limit (for benchmarks).
+
+A hostile mirror, for the download's name checks: a file may be stored under any name
+(``../../x.json``, ``/abs/x.json``); it is listed as it is and served at whatever URL the client
+normalises its name to. :attr:`FakeHub.siblings` replaces the listing with raw entries (wrong types,
+missing fields, negative sizes, 10,000 files).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import threading
 import time
@@ -45,6 +51,7 @@ class FakeHub:
     corrupt: set[str] = field(default_factory=set)  # files served with one byte flipped
     rate: float | None = None  # bytes per second per response (benchmarks)
     info_gate: threading.Event | None = None  # model info waits for this event when set
+    siblings: list[Any] | None = None  # when set, model info lists these raw entries instead
     chunk: int = 64 * 1024
 
     def __post_init__(self) -> None:
@@ -162,7 +169,21 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
             return self._resolve(m.group(1), m.group(2), m.group(3))
+        hostile = self._hostile(path)
+        if hostile is not None:
+            return self._resolve(*hostile)
         self._error(404, None, "Not Found")
+
+    def _hostile(self, path: str) -> tuple[str, str, str] | None:
+        """A file stored under a name with ``..`` or a leading ``/``: the client's URL library
+        removes the dot segments, so its request arrives at another path; match it there."""
+        for repo, files in self.hub.repos.items():
+            for name in files:
+                for rev in ("main", COMMIT):
+                    url = posixpath.normpath(f"/{repo}/resolve/{rev}/{name}".replace("//", "/"))
+                    if url == posixpath.normpath(path.replace("//", "/")):
+                        return repo, rev, name
+        return None
 
     def _repo(self, repo: str, rev: str) -> dict[str, bytes] | None:
         files = self.hub.repos.get(repo)
@@ -195,9 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
         files = self._repo(repo, rev)
         if files is None:
             return
-        self._json(
-            200, {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": self._siblings(files)}
-        )
+        siblings = self.hub.siblings if self.hub.siblings is not None else self._siblings(files)
+        self._json(200, {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings})
 
     def _tree(self, repo: str, rev: str) -> None:
         files = self._repo(repo, rev)

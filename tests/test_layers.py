@@ -27,6 +27,7 @@ ENGINE_SIDE = {
     "planner",
     "model_source",
     "download",
+    "hub_listing",
     "gpu",
     "tiny",
     "pipeline",

@@ -117,7 +117,11 @@ def test_int8_with_fp32_cpu_offload_loads_and_runs_on_the_cpu(
 
     quant = quantization_config("int8", torch.float32, cpu_offload=True)
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(
-        str(tiny_model), dtype=torch.float32, device_map="auto", quantization_config=quant
+        str(tiny_model),
+        dtype=torch.float32,
+        device_map="auto",
+        quantization_config=quant,
+        use_kernels=False,  # as from_pretrained_kwargs: the package blocks the kernels import
     )
     processor = AutoProcessor.from_pretrained(str(tiny_model))
     inputs = processor.apply_transcription_request(audio=np.zeros(24000, dtype=np.float32))
@@ -175,7 +179,17 @@ def test_a_load_that_fails_midway_restores_the_previous_model(
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:4096])  # a cut download: the config reads fine
+    # A cut download: the weights hold fewer parameters than the config describes, refused while
+    # planning, before the loaded model is touched.
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:4096])
+    with pytest.raises(ModelUnavailable) as info:
+        engine.reload(ReloadParams(precision="bf16", model_path=str(broken)), job())
+    assert info.value.data["kind"] == "model_load_failed" and info.value.data["kept_model"] is True
+    assert "incomplete or damaged" in info.value.message
+    assert engine.snapshot().model == str(tiny_model)
+    # Weights of the right size whose header is broken: only the load itself finds out.
+    weights.write_bytes(whole[:8] + b"x" + whole[9:])
     with pytest.raises(ModelUnavailable) as info:
         engine.reload(ReloadParams(precision="bf16", model_path=str(broken)), job())
     assert info.value.data["restored_model"] is True

@@ -2,16 +2,20 @@
 
 A checkpoint is downloaded into a plain directory (``target_dir``; default ``VIBEVOICE_MODEL_PATH``,
 else ``<HF_HOME>/vibevoice-rpc/<org>--<name>``), one file after another, through huggingface_hub's own
-primitives (``HfApi.model_info`` for the listing with sizes and hashes, ``hf_hub_url``,
-``build_hf_headers``, ``http_stream_backoff``, ``hf_raise_for_status``), so ``HF_ENDPOINT``,
-``HF_TOKEN``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` work as everywhere else. It does not call
-``hf_hub_download`` itself: huggingface_hub 2.4 writes to a process-unique ``.incomplete`` name that
-the next process never reuses (FIELD-NOTES §10), and reads 10 MiB per chunk, too coarse for a cancel
-within 1 s on a slow line. Here each file goes to a stable partial name
+primitives (its HTTP session and model-info endpoint for the listing with sizes and hashes,
+``hf_hub_url``, ``build_hf_headers``, ``http_stream_backoff``, ``hf_raise_for_status``), so
+``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` work as everywhere else. It does
+not call ``hf_hub_download`` itself: huggingface_hub 2.4 writes to a process-unique ``.incomplete``
+name that the next process never reuses (FIELD-NOTES §10), and reads 10 MiB per chunk, too coarse
+for a cancel within 1 s on a slow line. Here each file goes to a stable partial name
 (``.vibevoice-download/<file>.<hash>.part``), resumed with ``Range`` by the next call or the next
 process; it is checked against the listing's size and hash (LFS sha256, else the git blob sha1)
 before it is moved into place, and ``config.json`` is placed last, so a directory with
 ``config.json`` holds a whole checkpoint.
+
+What the hub sends is hostile data (whoever controls ``HF_ENDPOINT`` writes it): the listing is read
+with a bound and every name, size and hash checked before anything is written (:mod:`.hub_listing`);
+error bodies are read up to :data:`ERROR_BODY_BYTES`; a file's body never past its listed size.
 
 huggingface_hub is imported inside the functions: importing this module is cheap.
 """
@@ -19,7 +23,6 @@ huggingface_hub is imported inside the functions: importing this module is cheap
 from __future__ import annotations
 
 import errno
-import fnmatch
 import hashlib
 import json
 import logging
@@ -29,15 +32,26 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .config import DEFAULT_MODEL_ID
 from .errors import DownloadFailed, InvalidParams, RequestCancelled
+from .hub_listing import (
+    CHECKPOINT_PATTERNS,
+    MAX_LISTING_BYTES,
+    Listing,
+    RemoteFile,
+    bad_listing,
+    parse_model_info,
+    safe_path,
+    shown,
+)
 from .messages import DownloadParams, DownloadResult, ModelStatusParams, ModelStatusResult
-from .model_source import TINY, default_download_dir
+from .model_source import TINY, CheckpointFileError, default_download_dir, read_regular
 
 if TYPE_CHECKING:
     from .job import Job
@@ -53,19 +67,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# What a checkpoint needs: weights (safetensors only), configs, tokenizer/processor files. Never
-# .bin/.pt/.pkl/.ckpt/.h5 (pickles or other frameworks' weights).
-CHECKPOINT_PATTERNS: tuple[str, ...] = (
-    "*.json",
-    "*.safetensors",
-    "*.txt",
-    "*.jinja",
-    "*.model",
-    "*.tiktoken",
-)
 STATE_DIR = ".vibevoice-download"
 MANIFEST = "manifest.json"
 CHUNK = 256 * 1024  # bytes per read: cancel is checked at least this often
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer's body: enough for the hub's JSON message
+LISTING_DEADLINE = 120.0  # seconds for the whole listing (a mirror dripping bytes is cut off)
 FREE_MARGIN = 64 * 2**20  # kept free on the disk beyond the bytes still to fetch
 _RETRIES = 3  # a broken transfer is resumed with Range this many times (after no progress)
 _SPEED_WINDOW = 5.0  # seconds of samples behind the reported speed
@@ -93,83 +99,43 @@ def free_bytes(path: Path) -> int | None:
     return None
 
 
-def _wanted(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatch(base, p) for p in CHECKPOINT_PATTERNS) and not base.startswith(".")
-
-
 # --- the listing ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int
-    sha256: str | None  # LFS files
-    blob_id: str | None  # git blob sha1 (all files)
+def fetch_listing(
+    model_id: str, revision: str, target: Path, *, token: str | None = None, timeout: float = 30.0
+) -> Listing:
+    """The checkpoint's files with sizes and hashes, from the hub; every name checked against
+    ``target`` (:mod:`.hub_listing`). Raises :class:`DownloadFailed`.
 
-    @property
-    def key(self) -> str:
-        return (self.sha256 or self.blob_id or f"size{self.size}")[:16]
+    The model-info request is huggingface_hub's (its session, endpoint, headers, token), but the
+    body is read here, bounded (:data:`MAX_LISTING_BYTES` decoded, :data:`LISTING_DEADLINE` in all)
+    and parsed here: ``HfApi.model_info`` reads any body whole and takes whatever fields it holds."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session
 
-
-@dataclass(frozen=True)
-class Listing:
-    model_id: str
-    revision: str
-    commit: str
-    files: tuple[RemoteFile, ...]
-
-    @property
-    def total(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "revision": self.revision,
-            "commit": self.commit,
-            "files": [
-                {"name": f.name, "size": f.size, "sha256": f.sha256, "blob_id": f.blob_id}
-                for f in self.files
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Listing:
-        return cls(
-            model_id=data["model_id"],
-            revision=data["revision"],
-            commit=data["commit"],
-            files=tuple(RemoteFile(**f) for f in data["files"]),
-        )
-
-
-def _ordered(files: Iterable[RemoteFile]) -> tuple[RemoteFile, ...]:
-    # config.json last: its presence is what marks a directory as a checkpoint.
-    return tuple(sorted(files, key=lambda f: (f.name == "config.json", f.name)))
-
-
-def fetch_listing(model_id: str, revision: str, *, timeout: float = 30.0) -> Listing:
-    """The checkpoint's files with sizes and hashes, from the hub (raises :class:`DownloadFailed`)."""
-    from huggingface_hub import HfApi
-
+    url = f"{constants.ENDPOINT}/api/models/{model_id}/revision/{quote(revision, safe='')}"
     try:
-        info = HfApi().model_info(model_id, revision=revision, files_metadata=True, timeout=timeout)
+        with get_session().stream(
+            "GET",
+            url,
+            headers=build_hf_headers(token=token),
+            params={"blobs": True},
+            timeout=timeout,
+        ) as response:
+            if response.status_code >= 400:
+                raise_for_status(response)
+            body = _read_capped(response, MAX_LISTING_BYTES, model_id)
+    except DownloadFailed:
+        raise
     except Exception as exc:
         raise hub_error(exc, model_id, revision) from None
-    files = []
-    for s in info.siblings or []:
-        if not _wanted(s.rfilename):
-            continue
-        if s.size is None:
-            raise DownloadFailed(
-                f"The hub listed {s.rfilename} of {model_id} without a size",
-                kind="network",
-                model_id=model_id,
-            )
-        sha = s.lfs.sha256 if s.lfs else None
-        files.append(RemoteFile(s.rfilename, int(s.size), sha, s.blob_id))
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad_listing(f"The hub's answer for {model_id} is not JSON", model_id) from None
+    listing = parse_model_info(data, model_id, revision, target)
+    files = listing.files
     if not any(f.name.endswith(".safetensors") for f in files) or not any(
         f.name == "config.json" for f in files
     ):
@@ -181,7 +147,61 @@ def fetch_listing(model_id: str, revision: str, *, timeout: float = 30.0) -> Lis
             model_id=model_id,
             revision=revision,
         )
-    return Listing(model_id, revision, str(info.sha or revision), _ordered(files))
+    return listing
+
+
+def _read_capped(response: Any, cap: int, model_id: str) -> bytes:
+    """The listing's body, decoded, refused past ``cap`` bytes or :data:`LISTING_DEADLINE`."""
+    deadline = time.monotonic() + LISTING_DEADLINE
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes(chunk_size=CHUNK):
+        size += len(chunk)
+        if size > cap:
+            raise bad_listing(
+                f"The hub's listing of {model_id} is larger than {cap // 2**20} MiB", model_id
+            )
+        if time.monotonic() > deadline:
+            raise DownloadFailed(
+                f"The hub took more than {LISTING_DEADLINE:.0f} s to send the listing of "
+                f"{model_id}",
+                kind="network",
+                hint="call download_model again",
+                model_id=model_id,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raise_for_status(response: Any) -> None:
+    """``hf_raise_for_status`` on a streamed response, reading at most :data:`ERROR_BODY_BYTES`
+    of its body (huggingface_hub's own reads a streamed error body whole, however long)."""
+    import httpx2
+    from huggingface_hub.utils import hf_raise_for_status
+
+    if response.status_code < 400:
+        return
+    body = b""
+    try:
+        for chunk in response.iter_bytes(chunk_size=ERROR_BODY_BYTES):
+            body += chunk
+            if len(body) >= ERROR_BODY_BYTES:
+                break
+    except httpx2.HTTPError:  # a body that breaks off: the status and headers still say enough
+        pass
+    # Decoded already: the copy must not claim an encoding or a length it no longer has.
+    headers = [
+        (k, v)
+        for k, v in response.headers.items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    copy = httpx2.Response(
+        response.status_code,
+        headers=headers,
+        content=body[:ERROR_BODY_BYTES],
+        request=response.request,
+    )
+    hf_raise_for_status(copy)
 
 
 def hub_error(exc: BaseException, model_id: str, revision: str | None) -> DownloadFailed:
@@ -278,11 +298,33 @@ def _state(target: Path) -> Path:
     return target / STATE_DIR
 
 
-def _read_manifest(target: Path) -> dict[str, Any] | None:
+def _read_manifest(target: Path) -> Listing | None:
+    """The listing a previous download saved, checked as a fresh one (an older version of this
+    code saved names unchecked); None when there is none or it does not pass: it is never used
+    then, and the next download writes a good one."""
+    path = _state(target) / MANIFEST
     try:
-        return json.loads((_state(target) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = read_regular(path, 2 * MAX_LISTING_BYTES)
+    except FileNotFoundError:
         return None
+    except (OSError, CheckpointFileError) as exc:
+        _ignored(path, exc)
+        return None
+    try:
+        return Listing.from_json(json.loads(raw), target)
+    except (ValueError, RecursionError, DownloadFailed) as exc:
+        _ignored(path, exc)
+        return None
+
+
+_warned: set[str] = set()
+
+
+def _ignored(path: Path, exc: BaseException) -> None:
+    """Say once per manifest why it is not used (model_status may be polled every second)."""
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("ignoring the download manifest %s: %s", path, getattr(exc, "message", exc))
 
 
 def _write_manifest(target: Path, listing: Listing, complete: bool) -> None:
@@ -294,11 +336,22 @@ def _write_manifest(target: Path, listing: Listing, complete: bool) -> None:
     os.replace(tmp, path)
 
 
-def _part(target: Path, f: RemoteFile) -> Path:
-    return _state(target) / f"{f.name}.{f.key}.part"
+def _part(target: Path, f: RemoteFile) -> Path | None:
+    """The stable partial file of ``f``: ``.vibevoice-download/<name>.<hash>.part``; the name was
+    checked and the hash is hex (:mod:`.hub_listing`), and the joined path must still resolve
+    inside the state folder (None if a symbolic link points it elsewhere)."""
+    name = f"{f.name}.{f.key}.part"
+    return _state(target) / name if safe_path(_state(target), name) is not None else None
 
 
-def _size(path: Path) -> int | None:
+def _dest(target: Path, f: RemoteFile) -> Path | None:
+    """Where ``f`` goes: inside ``target`` after resolving (None if a link points elsewhere)."""
+    return target / f.name if safe_path(target, f.name) is not None else None
+
+
+def _size(path: Path | None) -> int | None:
+    if path is None:
+        return None
     try:
         return path.stat().st_size
     except OSError:
@@ -308,7 +361,7 @@ def _size(path: Path) -> int | None:
 def _cleanup_orphans(target: Path, listing: Listing) -> int:
     """Remove partial files no current file will resume (another revision's, or huggingface_hub's
     process-unique ``*.incomplete`` left by a killed ``hf download``). Returns the bytes freed."""
-    keep = {_part(target, f) for f in listing.files}
+    keep = {_part(target, f) for f in listing.files} - {None}
     freed = 0
     candidates = list(_state(target).rglob("*.part")) if _state(target).is_dir() else []
     hf_dl = target / ".cache" / "huggingface" / "download"
@@ -343,18 +396,14 @@ def model_status(
     with _active_lock:
         running = _active.get(str(target))
         downloading = running.snapshot() if running else None
-    manifest = _read_manifest(target)
-    listing = None
-    if manifest and manifest.get("model_id") == model_id:
-        try:
-            listing = Listing.from_json(manifest)
-        except (KeyError, TypeError):
-            listing = None
+    listing = _read_manifest(target)
+    if listing is not None and listing.model_id != model_id:
+        listing = None
     if listing is not None:
         done = partial = 0
         missing = []
         for f in listing.files:
-            if _size(target / f.name) == f.size:
+            if _size(_dest(target, f)) == f.size:
                 done += f.size
             else:
                 missing.append(f.name)
@@ -535,6 +584,14 @@ def download_model(
     revision = params.revision or "main"
     if not model_id.strip() or model_id.count("/") > 1:
         raise InvalidParams(f"model_id {model_id!r} is not a hub id (org/name)", field="model_id")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # the id becomes part of the listing's URL
+        validate_repo_id(model_id)
+    except HFValidationError as exc:
+        raise InvalidParams(
+            f"model_id {shown(model_id)} is not a hub id (org/name): {exc}", field="model_id"
+        ) from None
     target = _target(params.target_dir, configured_path, model_id)
     if offline or constants.is_offline_mode():
         raise DownloadFailed(
@@ -546,12 +603,21 @@ def download_model(
         )
     started = time.monotonic()
     job.report("downloading", 0.0, f"listing the files of {model_id}@{revision}")
-    listing = _cancellable(lambda: fetch_listing(model_id, revision), job)
+    listing = _cancellable(lambda: fetch_listing(model_id, revision, target, token=token), job)
     # A file of an earlier download that changed upstream (same size, new hash) is fetched again.
     old = _read_manifest(target)
     old_keys = {}
-    if old and old.get("model_id") == model_id:
-        old_keys = {f["name"]: RemoteFile(**f).key for f in old.get("files", [])}
+    if old is not None and old.model_id == model_id:
+        old_keys = {f.name: f.key for f in old.files}
+    if os.path.islink(_state(target)) and safe_path(target, STATE_DIR) is None:
+        # The manifest is written there and orphaned *.part files under it are deleted.
+        raise DownloadFailed(
+            f"{_state(target)} is a symbolic link out of {target}: refused (the download writes "
+            "and deletes its partial files there)",
+            kind="write_failed",
+            hint=f"remove the link {_state(target)}",
+            path=str(_state(target)),
+        )
     try:
         _state(target).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -562,7 +628,7 @@ def download_model(
     todo = [
         f
         for f in listing.files
-        if _size(target / f.name) != f.size or old_keys.get(f.name, f.key) != f.key
+        if _size(_dest(target, f)) != f.size or old_keys.get(f.name, f.key) != f.key
     ]
     done_bytes = listing.total - sum(f.size for f in todo)
     have = sum(min(f.size, _size(_part(target, f)) or 0) for f in todo)
@@ -669,9 +735,16 @@ def _fetch(
     listing: Listing, f: RemoteFile, target: Path, p: _Progress, job: Job, token: str | None
 ) -> None:
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+    from huggingface_hub.utils import build_hf_headers, http_stream_backoff
 
-    part = _part(target, f)
+    part, dest = _part(target, f), _dest(target, f)
+    if part is None or dest is None:  # checked with the listing; a link may have appeared since
+        raise DownloadFailed(
+            f"{shown(f.name)} would be written outside {target} (through a symbolic link): refused",
+            kind="unsafe_listing",
+            hint=f"remove the symbolic links inside {target}",
+            file=shown(f.name, 300),
+        )
     part.parent.mkdir(parents=True, exist_ok=True)
     have = _size(part) or 0
     if have > f.size:  # not ours to resume
@@ -700,7 +773,7 @@ def _fetch(
                 retry_on_status_codes=(408, 429, 500, 502, 503, 504),
                 max_retries=3,
             ) as response:
-                hf_raise_for_status(response)
+                raise_for_status(response)
                 if have and response.status_code == 200:  # the server ignored Range: start over
                     log.info("%s: the server ignored Range; fetching it from the start", f.name)
                     p.drop(have)
@@ -750,7 +823,8 @@ def _fetch(
                 actual=digest,
             )
     try:
-        os.replace(part, target / f.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)  # a file in a sub-folder of the checkpoint
+        os.replace(part, dest)
     except OSError as exc:
         raise _disk_error(exc, target, f.size) from None
     _report(job, p)

@@ -88,7 +88,9 @@ def _cached_processor(source: str, auto_processor: Any) -> Any:
     processor = _processors.get(key)
     if processor is None:
         _processors.clear()  # keep one: another checkpoint's processor is not needed again
-        processor = _processors[key] = auto_processor.from_pretrained(source)
+        processor = _processors[key] = auto_processor.from_pretrained(
+            source, trust_remote_code=False
+        )
     return processor
 
 
@@ -286,8 +288,8 @@ def prepare_load(
     _route_transformers_logs()
 
     device = pick_device(device_pref)
-    source = resolve_model_dir(model_path, offline=offline)
-    config = AutoConfig.from_pretrained(source)
+    source = resolve_model_dir(model_path, offline=offline)  # checks the folder's files
+    config = _read_config(source, AutoConfig)
     free = total = None
     bf16_ok = True
     if device == "cuda":  # pragma: no cover - GPU only
@@ -305,6 +307,59 @@ def prepare_load(
         allow_cpu_offload=allow_cpu_offload,
     )
     return Prepared(source=Path(source), config=config, device=device, plan=plan)
+
+
+def _read_config(source: Path, auto_config: Any) -> Any:
+    """The checkpoint's config, its dimensions checked and its architecture counted on ``meta``.
+
+    ``trust_remote_code=False`` explicitly: left unset, transformers asks on stdin (the protocol's
+    input) whether to run a checkpoint's code. Whatever transformers or the meta build raise about
+    the config is ``-32004 invalid_config`` naming config.json, not an internal error."""
+    from .planner import count_parameters
+
+    file = Path(source) / "config.json"
+    try:
+        config = auto_config.from_pretrained(source, trust_remote_code=False)
+        counts = count_parameters(config)  # cached: the plan reuses it
+    except ModelUnavailable as err:  # the planner's check of the dimensions
+        err.message = f"Model file {file}: {err.message}"
+        err.extra.setdefault("path", str(file))
+        raise
+    except Exception as exc:  # transformers' own validation: ValueError, TypeError, its errors
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelUnavailable(
+            f"Model file {file} is not a usable VibeVoice-ASR config: {type(exc).__name__}: {detail}",
+            kind="invalid_config",
+            hint="use a complete VibeVoice-ASR-HF checkpoint (download_model fetches one)",
+            path=str(file),
+        ) from None
+    _check_weights_hold(counts.total, Path(source), file)
+    return config
+
+
+# The fewest bytes a parameter takes in a safetensors file (4-bit); the real checkpoint stores 2
+# (bf16). Weights on disk smaller than the parameters config.json describes are cut or corrupt, or
+# the config belongs to another model; either way from_pretrained would first allocate the model the
+# config describes (measured: a hidden_size of 4096 over the tiny model's 39 MB of weights took
+# 7.3 GB and 26 s before failing).
+_MIN_BYTES_PER_PARAM = 0.5
+
+
+def _check_weights_hold(params: int, folder: Path, file: Path) -> None:
+    on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    if params * _MIN_BYTES_PER_PARAM <= on_disk * 1.1 + 2**20:
+        return
+    raise ModelUnavailable(
+        f"The weights in {folder} are {on_disk / 1e6:,.1f} MB, but {file.name} describes "
+        f"{params / 1e9:.3f} B parameters (at least {params * _MIN_BYTES_PER_PARAM / 1e6:,.0f} MB): "
+        "the weights are incomplete or damaged, or config.json belongs to another model",
+        kind="model_load_failed",
+        hint="download_model fetches the checkpoint again (or use a complete VibeVoice-ASR-HF "
+        "checkpoint)",
+        path=str(folder),
+        parameters=params,
+        weights_bytes=on_disk,
+    )
 
 
 def load_model(

@@ -20,7 +20,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ModelDoesNotFit
+from .errors import ModelDoesNotFit, ModelUnavailable
 
 __all__ = [
     "ENCODER_MODULES",
@@ -29,6 +29,7 @@ __all__ = [
     "ParamCounts",
     "TokenCounts",
     "Plan",
+    "check_architecture",
     "count_parameters",
     "real_size_config",
     "weights_bytes",
@@ -191,12 +192,110 @@ def _fingerprint(config: Any) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
+# Bounds on the dimensions a config may give before the architecture is built from it (the real
+# checkpoint's value in brackets). Building on ``meta`` costs no memory but time per module, and a
+# dimension past these makes numel overflow or the build loop for minutes: 10^9 layers, 10^12-wide
+# layers, a negative size. The largest language models in use stay well inside them (hidden 16 K,
+# intermediate 53 K, 126 layers, 128 heads, 256 K vocabulary).
+_TEXT_BOUNDS = {
+    "hidden_size": 65536,  # [3584]
+    "intermediate_size": 262144,  # [18944]
+    "num_hidden_layers": 512,  # [28]
+    "num_attention_heads": 1024,  # [28]
+    "num_key_value_heads": 1024,  # [4]
+    "vocab_size": 4 * 2**20,  # [152064]
+}
+_ENCODER_BOUNDS = {
+    "hidden_size": 65536,  # [64 acoustic, 128 semantic]
+    "num_filters": 4096,  # [32]
+    "ffn_expansion": 64,  # [4]
+    "kernel_size": 1024,  # [7]
+    "channels": 64,  # [1]
+}
+_MAX_STAGES = 16  # [7 depths, 6 downsampling ratios]
+_MAX_DEPTH = 256  # blocks per stage [3-8]
+_MAX_HOP = 2**20  # product of the downsampling ratios, samples per audio token [3200]
+_MAX_CHUNK_SAMPLES = 24 * SAMPLE_RATE * 3600  # [1,440,000 = 60 s]
+
+
+def check_architecture(config: Any) -> None:
+    """Refuse a config whose dimensions no VibeVoice-ASR checkpoint has, before anything is built
+    from it: :class:`ModelUnavailable` ``invalid_config`` naming the field, its value and the range.
+    """
+
+    def bad(field: str, value: Any, expected: str) -> ModelUnavailable:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:60] + "…"
+        return ModelUnavailable(
+            f"the config's {field} is {shown}; {expected} was expected (no VibeVoice-ASR "
+            "checkpoint has that)",
+            kind="invalid_config",
+            hint="use a complete VibeVoice-ASR-HF checkpoint (download_model fetches one)",
+            field=field,
+        )
+
+    def whole(field: str, value: Any, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(field, value, f"a whole number from {low} to {high:,}")
+        return value
+
+    text = getattr(config, "text_config", None)
+    subs = {
+        name: getattr(config, name, None)
+        for name in ("acoustic_tokenizer_encoder_config", "semantic_tokenizer_encoder_config")
+    }
+    for name, sub in {"text_config": text, **subs}.items():
+        if sub is None:
+            raise bad(name, None, "a sub-config")
+    dims = {
+        k: whole(f"text_config.{k}", getattr(text, k, None), 1, v) for k, v in _TEXT_BOUNDS.items()
+    }
+    heads, kv_heads = dims["num_attention_heads"], dims["num_key_value_heads"]
+    if heads % kv_heads:
+        raise bad("text_config.num_key_value_heads", kv_heads, f"a divisor of {heads}")
+    head_dim = getattr(text, "head_dim", None)
+    if head_dim is not None:
+        whole("text_config.head_dim", head_dim, 1, 4096)
+    elif dims["hidden_size"] % heads:
+        raise bad("text_config.num_attention_heads", heads, f"a divisor of {dims['hidden_size']}")
+    hops = []
+    for name, sub in subs.items():
+        for k, high in _ENCODER_BOUNDS.items():
+            whole(f"{name}.{k}", getattr(sub, k, None), 1, high)
+        depths = getattr(sub, "depths", None)
+        ratios = getattr(sub, "downsampling_ratios", None)
+        for attr, values, low, high in (
+            ("depths", depths, 0, _MAX_DEPTH),
+            ("downsampling_ratios", ratios, 1, _MAX_HOP),
+        ):
+            if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= _MAX_STAGES:
+                raise bad(f"{name}.{attr}", values, f"a list of 1 to {_MAX_STAGES} numbers")
+            for v in values:
+                whole(f"{name}.{attr}", v, low, high)
+        if len(depths) != len(ratios) + 1:
+            raise bad(f"{name}.depths", depths, f"{len(ratios) + 1} stages (one per ratio, + 1)")
+        hop = math.prod(ratios)
+        if hop > _MAX_HOP:
+            raise bad(f"{name}.downsampling_ratios", ratios, f"a product up to {_MAX_HOP:,}")
+        hops.append(hop)
+    chunk = whole(
+        "acoustic_tokenizer_chunk_size",
+        getattr(config, "acoustic_tokenizer_chunk_size", None),
+        1,
+        _MAX_CHUNK_SAMPLES,
+    )
+    if chunk % hops[0]:
+        raise bad("acoustic_tokenizer_chunk_size", chunk, f"a multiple of the hop ({hops[0]})")
+
+
 def count_parameters(config: Any) -> ParamCounts:
     """Parameters per group of ``VibeVoiceAsrForConditionalGeneration(config)``, built on ``meta``.
 
     Takes ~0.1-0.5 s for the real 8.33 B model (plus the one-time transformers import) and no memory;
-    results are cached by a fingerprint of the config.
+    results are cached by a fingerprint of the config. The config's dimensions are checked first
+    (:func:`check_architecture`).
     """
+    check_architecture(config)
     key = _fingerprint(config)
     with _cache_lock:
         if key in _cache:
