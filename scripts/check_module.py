@@ -577,8 +577,8 @@ def check_module(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures["manifest"] = engine
-    figures["size"] = figures["parts"][0]["size"]
-    figures["sha256"] = next(p["sha256"] for p in figures["parts"] if p["kind"] == "sidecar")
+    engine_part = next(p for p in figures["parts"] if p["kind"] == "sidecar")
+    figures["size"], figures["sha256"] = engine_part["size"], engine_part["sha256"]
     return figures
 
 

@@ -225,7 +225,7 @@ def _too_large(zip_name_: str, limit: int, what: str) -> TooLarge:
     return TooLarge(
         f"{zip_name_} {what}, over the {limit:,} byte limit of one release asset "
         f"({limit / 2**30:.2f} GiB; GitHub refuses release files of 2 GiB and more). "
-        "A CUDA bundle (~4 GB) ships in two parts, the engine and its CUDA runtime (--split, "
+        "A CUDA bundle (3.8 GB) ships in two parts, the engine and its CUDA runtime (--split, "
         "docs/TAURI.md section 9); this part does not fit even so."
     )
 
