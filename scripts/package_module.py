@@ -3,6 +3,7 @@
     python scripts/package_module.py [--dist dist/vibevoice-rpc] [--out dist/module]
         [--asset-url-base URL] [--min-app-version 0.8.5] [--max-asset-bytes N]
         [--compression deflate|stored] [--level 1..9] [--index-in modules-index.json]
+        [--split auto|never|always] [--runtime-version V]
 
 Writes into ``--out``:
 
