@@ -3,6 +3,7 @@
     python scripts/package_module.py [--dist dist/vibevoice-rpc] [--out dist/module]
         [--asset-url-base URL] [--min-app-version 0.8.5] [--max-asset-bytes N]
         [--compression deflate|stored] [--level 1..9] [--index-in modules-index.json]
+        [--split auto|never|always] [--runtime-version V]
 
 Writes into ``--out``:
 
@@ -25,6 +26,14 @@ executable bit survives unzipping), symlinks stored as symlinks (Info-ZIP's conv
 makes some on Linux/macOS, none on Windows). A package over ``--max-asset-bytes`` (default 2 GiB, the
 limit of one GitHub release asset) is refused: exit code 3, nothing left behind.
 
+**Split** (``--split auto``, the default, when the bundle's files add up to more than
+``--max-asset-bytes``; ``--split always`` to force it): two modules, each one zip with its own
+index entry and sha256 — the engine ``analysis-<version>.zip`` (kind ``sidecar``) and its libraries
+``analysis_runtime-<runtime version>.zip`` (kind ``runtime``), laid out as ``module_parts.py``
+describes. Refused (exit 3) when even a part does not fit. ``--runtime-version`` defaults to the
+bundled torch's version; a runtime whose files differ from the one ``--index-in`` already lists
+under the same version is refused (exit 1): bump the version, or the app would keep the old one.
+
 Standard library only.
 """
 
@@ -44,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import module_parts as parts  # noqa: E402
 
 MANIFEST_FILE = "trispr-module.json"
 MODULE_ID = "analysis"
@@ -215,9 +226,112 @@ def _too_large(zip_name_: str, limit: int, what: str) -> TooLarge:
     return TooLarge(
         f"{zip_name_} {what}, over the {limit:,} byte limit of one release asset "
         f"({limit / 2**30:.2f} GiB; GitHub refuses release files of 2 GiB and more). "
-        "A CUDA bundle (~4 GB) does not fit in one module package: ship the CPU module and the "
-        "CUDA engine as described in docs/TAURI.md, section 9 (the CUDA engine)."
+        "A CUDA bundle (3.8 GB) ships in two parts, the engine and its CUDA runtime (--split, "
+        "docs/TAURI.md section 9); this part does not fit even so."
     )
+
+
+def _members_size(members: list[tuple[str, Path | bytes]]) -> int:
+    return sum(
+        len(src) if isinstance(src, bytes) else (0 if src.is_symlink() else src.stat().st_size)
+        for _, src in members
+    )
+
+
+def _write_zip(
+    zip_path: Path,
+    manifest: dict,
+    members: list[tuple[str, Path | bytes]],
+    *,
+    compression: int,
+    level: int | None,
+    max_asset_bytes: int,
+) -> int:
+    """Write ``<zip_path>.partial`` (manifest first, then ``members`` sorted); returns its size.
+    Raises TooLarge as soon as it passes ``max_asset_bytes``; the caller renames or deletes it."""
+    partial = zip_path.with_name(zip_path.name + ".partial")
+    uncompressed = _members_size(members)
+    manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+    entrypoint = manifest["entrypoint"]
+    with (
+        partial.open("wb") as raw,
+        zipfile.ZipFile(raw, "w", compression, compresslevel=level) as zf,
+    ):
+        zf.writestr(_zipinfo(MANIFEST_FILE, stat.S_IFREG | 0o644), manifest_bytes)
+        for done, (name, src) in enumerate(sorted(members), 1):
+            if isinstance(src, bytes):  # a file the packager writes (a part's descriptor)
+                info = _zipinfo(name, stat.S_IFREG | 0o644)
+                info.compress_type = compression
+                zf.writestr(info, src)
+            else:
+                _write_member(zf, name, src, executable=name == entrypoint)
+            if raw.tell() > max_asset_bytes:  # stop early, not after writing 4 GB
+                raise _too_large(
+                    zip_path.name,
+                    max_asset_bytes,
+                    f"passed {raw.tell():,} bytes after {done} of {len(members)} files "
+                    f"({uncompressed:,} bytes uncompressed in all)",
+                )
+    size = partial.stat().st_size
+    if size > max_asset_bytes:
+        raise _too_large(zip_path.name, max_asset_bytes, f"is {size:,} bytes")
+    return size
+
+
+def _publish(
+    zips: list[tuple[Path, dict]],
+    out: Path,
+    asset_url_base: str,
+    min_app: str,
+    t0: float,
+    counts: list[tuple[int, int]],
+) -> list[Package]:
+    """Rename the finished ``.partial`` zips into place, write their .sha256 files; entries."""
+    done = []
+    for (zip_path, manifest), (files, uncompressed) in zip(zips, counts, strict=True):
+        os.replace(zip_path.with_name(zip_path.name + ".partial"), zip_path)
+        digest = sha256_of(zip_path)
+        sha_path = zip_path.with_suffix(".sha256")
+        sha_path.write_text(f"{digest}  {zip_path.name}\n", encoding="utf-8")
+        url = f"{asset_url_base.rstrip('/')}/{zip_path.name}"
+        entry = make_index_entry(manifest, url, digest, zip_path.stat().st_size, min_app)
+        done.append(
+            Package(
+                zip_path,
+                sha_path,
+                out / "modules-index.json",
+                manifest,
+                entry,
+                files,
+                uncompressed,
+                time.monotonic() - t0,
+            )
+        )
+    return done
+
+
+def _read_index(index_in: Path | None) -> dict:
+    if index_in is None:
+        return {"schema_version": 1, "modules": []}
+    return json.loads(index_in.read_text(encoding="utf-8"))
+
+
+def _write_index(out: Path, index: dict, entries: list[dict]) -> Path:
+    """Merge ``entries`` into ``index`` (an entry with the same id is replaced) and write it."""
+    ids = {e["id"] for e in entries}
+    index["modules"] = [m for m in index.get("modules", []) if m.get("id") not in ids] + entries
+    index_path = out / "modules-index.json"
+    index_path.write_text(json.dumps(index, indent=4) + "\n", encoding="utf-8")
+    return index_path
+
+
+def _check_paths(dist: Path, out: Path) -> Path:
+    dist = dist.resolve()
+    if not dist.is_dir():
+        raise PackageError(f"{dist} is not a directory: build the onedir bundle first")
+    if out.resolve() == dist or dist in out.resolve().parents:
+        raise PackageError(f"--out {out} is inside the bundle {dist}: the zip would contain itself")
+    return dist
 
 
 def package(
@@ -234,70 +348,208 @@ def package(
 ) -> Package:
     """Build ``<id>-<version>.zip``, its ``.sha256`` and ``modules-index.json`` in ``out``."""
     t0 = time.monotonic()
-    dist = dist.resolve()
-    if not dist.is_dir():
-        raise PackageError(f"{dist} is not a directory: build the onedir bundle first")
-    if out.resolve() == dist or dist in out.resolve().parents:
-        raise PackageError(f"--out {out} is inside the bundle {dist}: the zip would contain itself")
+    dist = _check_paths(dist, out)
     version = version or project_version()
     exe = find_entrypoint(dist)
     entrypoint = zip_name(dist, exe)
     manifest = make_manifest(version, entrypoint, find_required_assets(dist))
-    members = bundle_members(dist)
-    base = f"{MODULE_ID}-{version}"
-    zip_path = out / f"{base}.zip"
-    uncompressed = sum(p.stat().st_size for _, p in members if not p.is_symlink())
+    members: list[tuple[str, Path | bytes]] = list(bundle_members(dist))
+    zip_path = out / f"{MODULE_ID}-{version}.zip"
+    uncompressed = _members_size(members)
     if compression == zipfile.ZIP_STORED and uncompressed > max_asset_bytes:
         raise _too_large(zip_path.name, max_asset_bytes, f"would hold {uncompressed:,} bytes")
-
+    index = _read_index(index_in)
     out.mkdir(parents=True, exist_ok=True)
-    partial = zip_path.with_name(zip_path.name + ".partial")
-    manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
     try:
-        with (
-            partial.open("wb") as raw,
-            zipfile.ZipFile(raw, "w", compression, compresslevel=level) as zf,
-        ):
-            zf.writestr(_zipinfo(MANIFEST_FILE, stat.S_IFREG | 0o644), manifest_bytes)
-            for done, (name, path) in enumerate(members, 1):
-                _write_member(zf, name, path, executable=name == entrypoint)
-                if raw.tell() > max_asset_bytes:  # stop early, not after writing 4 GB
-                    raise _too_large(
-                        zip_path.name,
-                        max_asset_bytes,
-                        f"passed {raw.tell():,} bytes after {done} of {len(members)} files "
-                        f"({uncompressed:,} bytes uncompressed in all)",
-                    )
-        size = partial.stat().st_size
-        if size > max_asset_bytes:
-            raise _too_large(zip_path.name, max_asset_bytes, f"is {size:,} bytes")
-        os.replace(partial, zip_path)
+        _write_zip(
+            zip_path,
+            manifest,
+            members,
+            compression=compression,
+            level=level,
+            max_asset_bytes=max_asset_bytes,
+        )
+        (pkg,) = _publish(
+            [(zip_path, manifest)],
+            out,
+            asset_url_base,
+            min_app_version,
+            t0,
+            [(len(members), uncompressed)],
+        )
     finally:
-        partial.unlink(missing_ok=True)
+        zip_path.with_name(zip_path.name + ".partial").unlink(missing_ok=True)
+    _write_index(out, index, [pkg.entry])
+    return pkg
 
-    digest = sha256_of(zip_path)
-    sha_path = out / f"{base}.sha256"
-    sha_path.write_text(f"{digest}  {zip_path.name}\n", encoding="utf-8")
-    entry = make_index_entry(
-        manifest, f"{asset_url_base.rstrip('/')}/{zip_path.name}", digest, size, min_app_version
+
+def torch_version(dist: Path) -> str | None:
+    """The bundled torch's version (its dist-info, which the spec copies), without a local tag."""
+    for meta in sorted((dist / "_internal").glob("torch-*.dist-info")):
+        return meta.name[len("torch-") : -len(".dist-info")].split("+")[0]
+    return None
+
+
+def _asset_id(rel: str, taken: set[str]) -> str:
+    name = rel.rsplit("/", 1)[-1]
+    asset_id = name if name not in taken else rel
+    taken.add(asset_id)
+    return asset_id
+
+
+def package_split(
+    dist: Path,
+    out: Path,
+    *,
+    asset_url_base: str = ASSET_URL_BASE,
+    min_app_version: str = MIN_APP_VERSION,
+    max_asset_bytes: int = MAX_ASSET_BYTES,
+    compression: int = zipfile.ZIP_DEFLATED,
+    level: int | None = 6,
+    index_in: Path | None = None,
+    version: str | None = None,
+    runtime_version: str | None = None,
+) -> list[Package]:
+    """The engine part and the runtime part (module_parts.py), each a zip with its own .sha256
+    and index entry, both entries merged into ``modules-index.json``. Returns [engine, runtime]."""
+    t0 = time.monotonic()
+    dist = _check_paths(dist, out)
+    version = version or project_version()
+    runtime_version = runtime_version or torch_version(dist)
+    if not runtime_version:
+        raise PackageError(f"{dist} has no torch-*.dist-info: pass --runtime-version")
+    exe = find_entrypoint(dist)
+    entrypoint = zip_name(dist, exe)
+    members = bundle_members(dist)
+    rel = {name: name[len(BIN) + 1 :] for name, _ in members}
+    links = {
+        rel[name]: (path.parent / os.readlink(path)).resolve().relative_to(dist).as_posix()
+        for name, path in members
+        if path.is_symlink()
+    }
+    runtime = parts.runtime_members(sorted(rel.values()), links)
+    if not runtime:
+        raise PackageError(f"{dist} has no CUDA libraries and no torch CPU library to split off")
+    in_runtime = set(runtime)
+    runtime_files = [r for r in runtime if r not in links]
+    cuda = any(r.startswith("_internal/nvidia/") or r.endswith(".dll") for r in runtime_files)
+    fingerprint = parts.fingerprint(dist, runtime)
+    preload = parts.preload_order(dist, sorted(rel.values()), runtime)
+
+    assets = find_required_assets(dist)
+    taken = {a["id"] for a in assets}
+    engine_assets = [a for a in assets if a["path"][len(BIN) + 1 :] not in in_runtime]
+    runtime_assets = [a for a in assets if a["path"][len(BIN) + 1 :] in in_runtime]
+    runtime_assets += [
+        {"id": _asset_id(r, taken), "path": f"{BIN}/{r}", "kind": "file"}
+        for r in runtime_files
+        if f"{BIN}/{r}" not in {a["path"] for a in runtime_assets}
+    ]
+    engine_manifest = make_manifest(version, entrypoint, engine_assets)
+    runtime_manifest = make_manifest(
+        runtime_version, f"{BIN}/{parts.RUNTIME_DESCRIPTOR}", runtime_assets
     )
-    index = {"schema_version": 1, "modules": []}
-    if index_in is not None:
-        index = json.loads(index_in.read_text(encoding="utf-8"))
-    modules = [m for m in index.get("modules", []) if m.get("id") != entry["id"]]
-    index["modules"] = modules + [entry]
-    index_path = out / "modules-index.json"
-    index_path.write_text(json.dumps(index, indent=4) + "\n", encoding="utf-8")
-    return Package(
-        zip_path,
-        sha_path,
-        index_path,
-        manifest,
-        entry,
-        len(members),
-        uncompressed,
-        time.monotonic() - t0,
+    runtime_manifest.update(
+        id=parts.RUNTIME_ID,
+        name=f"{parts.RUNTIME_NAME} ({'CUDA, ' if cuda else ''}torch {runtime_version})",
+        kind="runtime",
     )
+    needs = {
+        "schema_version": parts.SCHEMA_VERSION,
+        "runtime_id": parts.RUNTIME_ID,
+        "runtime_version": runtime_version,
+        "fingerprint": fingerprint,
+        "preload": preload,
+        "library_dirs": parts.library_dirs(runtime_files),
+    }
+    descriptor = {
+        "schema_version": parts.SCHEMA_VERSION,
+        "id": parts.RUNTIME_ID,
+        "version": runtime_version,
+        "fingerprint": fingerprint,
+        "files": len(runtime_files),
+        "bytes": sum((dist / r).stat().st_size for r in runtime_files),
+    }
+    engine_members: list[tuple[str, Path | bytes]] = [
+        (name, path) for name, path in members if rel[name] not in in_runtime
+    ]
+    engine_members.append(
+        (f"{BIN}/{parts.NEEDS_RUNTIME}", (json.dumps(needs, indent=2) + "\n").encode())
+    )
+    runtime_members: list[tuple[str, Path | bytes]] = [
+        (name, path) for name, path in members if rel[name] in in_runtime
+    ]
+    runtime_members.append(
+        (f"{BIN}/{parts.RUNTIME_DESCRIPTOR}", (json.dumps(descriptor, indent=2) + "\n").encode())
+    )
+    engine_zip = out / f"{MODULE_ID}-{version}.zip"
+    runtime_zip = out / f"{parts.RUNTIME_ID}-{runtime_version}.zip"
+    plan = [
+        (engine_zip, engine_manifest, engine_members),
+        (runtime_zip, runtime_manifest, runtime_members),
+    ]
+    if compression == zipfile.ZIP_STORED:
+        for zip_path, _, part in plan:
+            if _members_size(part) > max_asset_bytes:
+                raise _too_large(
+                    zip_path.name, max_asset_bytes, f"would hold {_members_size(part):,} bytes"
+                )
+    index = _read_index(index_in)
+    published = next((m for m in index.get("modules", []) if m.get("id") == parts.RUNTIME_ID), None)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for zip_path, manifest, part in plan:
+            _write_zip(
+                zip_path,
+                manifest,
+                part,
+                compression=compression,
+                level=level,
+                max_asset_bytes=max_asset_bytes,
+            )
+        pkgs = _publish(
+            [(z, m) for z, m, _ in plan],
+            out,
+            asset_url_base,
+            min_app_version,
+            t0,
+            [(len(p), _members_size(p)) for _, _, p in plan],
+        )
+    finally:
+        for zip_path, _, _ in plan:
+            zip_path.with_name(zip_path.name + ".partial").unlink(missing_ok=True)
+    new_runtime = pkgs[1].entry
+    if (
+        published is not None
+        and published.get("version") == new_runtime["version"]
+        and published.get("sha256") != new_runtime["sha256"]
+    ):
+        for pkg in pkgs:
+            pkg.zip_path.unlink(missing_ok=True)
+            pkg.sha256_path.unlink(missing_ok=True)
+        raise PackageError(
+            f"{runtime_zip.name} differs from the {parts.RUNTIME_ID} {runtime_version} the index "
+            f"already lists (sha256 {published.get('sha256')}): its libraries changed, so give it a "
+            "new --runtime-version (the app installs a module again only when its version changes)"
+        )
+    _write_index(out, index, [p.entry for p in pkgs])
+    return pkgs
+
+
+def build_module(dist: Path, out: Path, *, split: str = "auto", **kw) -> list[Package]:
+    """One zip, or the engine and runtime parts: ``split`` is never, always or auto (split when
+    the bundle's files add up to more than ``max_asset_bytes``: only then can one zip miss)."""
+    runtime_version = kw.pop("runtime_version", None)
+    if split == "auto":
+        total = (
+            sum(p.stat().st_size for _, p in bundle_members(dist.resolve()) if not p.is_symlink())
+            if dist.is_dir()
+            else 0
+        )
+        split = "always" if total > kw.get("max_asset_bytes", MAX_ASSET_BYTES) else "never"
+    if split == "always":
+        return package_split(dist, out, runtime_version=runtime_version, **kw)
+    return [package(dist, out, **kw)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,19 +564,31 @@ def main(argv: list[str] | None = None) -> int:
         "--max-asset-bytes",
         type=int,
         default=MAX_ASSET_BYTES,
-        help="refuse a package larger than this (default 2 GiB, one release asset's limit)",
+        help="refuse a zip larger than this (default 2 GiB, one release asset's limit)",
     )
     parser.add_argument("--compression", choices=("deflate", "stored"), default="deflate")
     parser.add_argument("--level", type=int, default=6, help="deflate level 1-9 (default 6)")
     parser.add_argument(
-        "--index-in", type=Path, help="an existing modules-index.json to merge the entry into"
+        "--split",
+        choices=("auto", "never", "always"),
+        default="auto",
+        help="ship the engine and its libraries as two modules (auto: when the bundle's files add "
+        "up to more than --max-asset-bytes)",
+    )
+    parser.add_argument(
+        "--runtime-version", help="the runtime part's version (default: the bundled torch's)"
+    )
+    parser.add_argument(
+        "--index-in", type=Path, help="an existing modules-index.json to merge the entries into"
     )
     args = parser.parse_args(argv)
     stored = args.compression == "stored"
     try:
-        pkg = package(
+        pkgs = build_module(
             args.dist,
             args.out,
+            split=args.split,
+            runtime_version=args.runtime_version,
             asset_url_base=args.asset_url_base,
             min_app_version=args.min_app_version,
             max_asset_bytes=args.max_asset_bytes,
@@ -338,20 +602,22 @@ def main(argv: list[str] | None = None) -> int:
     except PackageError as exc:
         print(f"package_module: FAIL: {exc}", file=sys.stderr)
         return 1
-    size = pkg.entry["size"]
     how = "stored" if stored else f"deflate level {args.level}"
-    print(f"module: {pkg.zip_path} ({how})")
-    print(
-        f"  {pkg.files} files, {pkg.uncompressed / 2**20:.0f} MiB -> {size:,} bytes "
-        f"({size / 2**20:.0f} MiB, {size / max(pkg.uncompressed, 1):.0%}) in {pkg.seconds:.1f} s"
-    )
-    print(f"  sha256 {pkg.entry['sha256']}")
-    print(f"  {pkg.sha256_path}")
-    print(f"  {pkg.index_path}")
-    print("manifest:")
-    print(json.dumps(pkg.manifest, indent=2))
-    print("index entry:")
-    print(json.dumps(pkg.entry, indent=4))
+    for pkg in pkgs:
+        size = pkg.entry["size"]
+        print(f"module {pkg.entry['id']} ({pkg.entry['kind']}): {pkg.zip_path} ({how})")
+        print(
+            f"  {pkg.files} files, {pkg.uncompressed / 2**20:.0f} MiB -> {size:,} bytes "
+            f"({size / 2**20:.0f} MiB, {size / max(pkg.uncompressed, 1):.0%}) in {pkg.seconds:.1f} s"
+        )
+        print(f"  sha256 {pkg.entry['sha256']}")
+        print(f"  {pkg.sha256_path}")
+    print(f"index: {pkgs[0].index_path}")
+    for pkg in pkgs:
+        print(f"manifest of {pkg.zip_path.name}:")
+        print(json.dumps(pkg.manifest, indent=2))
+    print("index entries:")
+    print(json.dumps([p.entry for p in pkgs], indent=4))
     return 0
 
 

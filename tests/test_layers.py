@@ -19,6 +19,7 @@ SHARED = {
     "redact",
     "watchdog",
     "winapi",
+    "split_bundle",
 }
 ENGINE_SIDE = {
     "engine",

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 def main(runtime: LocalRuntime | None = None) -> None:
     """Run the command line and exit. ``runtime``: see :func:`vibevoice_rpc.cli.main`."""
     multiprocessing.freeze_support()  # first, before argument parsing (PyInstaller)
+    from vibevoice_rpc.split_bundle import install
+
+    install()  # the engine part of a split CUDA bundle: its libraries load before torch
     from vibevoice_rpc.cli import main as cli_main
 
     code = cli_main(runtime=runtime)
