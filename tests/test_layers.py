@@ -28,6 +28,7 @@ ENGINE_SIDE = {
     "download",
     "gpu",
     "tiny",
+    "tiny_answer",
     "pipeline",
     "windowing",
     "stream",

@@ -355,4 +355,4 @@ def test_the_tiny_model_by_name_lets_a_person_drive_the_whole_protocol(speech_cl
         res = p.response(rid, timeout=200)["result"]
         assert res["status"] == "success" and res["metadata"]["generated_tokens"] == 8
         assert "vibevoice-rpc-tiny-" in res["metadata"]["model"]
-        wait_for_stderr(p, "its words are noise")
+        wait_for_stderr(p, "its words are not a transcript")

@@ -18,7 +18,8 @@ __all__ = ["resolve_model_dir", "default_download_dir", "FETCH_HINT"]
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"  # VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model, for trying the protocol
+# VIBEVOICE_MODEL_PATH=tiny: the tiny model with a fixed answer, for trying the protocol
+TINY = "tiny"
 
 FETCH_HINT = (
     "download it with the download_model method (or `vibevoice-rpc download [--dir DIR]`), or "
@@ -77,18 +78,19 @@ def resolve_model_dir(
     standard Hugging Face cache are used (``HF_HOME``/``HF_HUB_CACHE`` are honoured). ``offline``
     only changes the message: nothing is fetched either way.
 
-    ``model_path`` ``"tiny"`` is the tiny random-weight model of the same architecture, built
-    offline on first use (:func:`vibevoice_rpc.tiny.tiny_model_dir`): the whole protocol can be
-    driven by hand without the 17 GB checkpoint — its transcripts are noise.
+    ``model_path`` ``"tiny"`` is the tiny model of the same architecture, built offline on first
+    use and trained to give one fixed two-speaker answer (:func:`vibevoice_rpc.tiny.tiny_model_dir`
+    with ``answer=True``): the whole protocol can be driven by hand without the 17 GB checkpoint,
+    segments included — they are not a transcript.
     """
     cache_dir: Path | None = None
     if model_path and model_path.strip().lower() == TINY:
         from .tiny import tiny_model_dir
 
-        folder = tiny_model_dir()
+        folder = tiny_model_dir(answer=True)
         log.warning(
-            "VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model at %s (for trying the "
-            "protocol; its words are noise, not a transcript)",
+            "VIBEVOICE_MODEL_PATH=tiny: the tiny model at %s, trained to give the same two "
+            "segments for any audio (for trying the protocol; its words are not a transcript)",
             folder,
         )
         return folder
