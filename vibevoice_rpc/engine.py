@@ -464,9 +464,11 @@ class Engine:
     # --- transcription ----------------------------------------------------------------------
 
     def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
+        started = time.monotonic()
+        if self.backend == "local" and self._loaded is None:
+            self._check_findable()
         from .audio import load_audio
 
-        started = time.monotonic()
         job.report("loading_audio", 0.0, "decoding audio")
         audio = load_audio(
             params.audio_path,
@@ -492,6 +494,17 @@ class Engine:
                 note = f"{err.message}; transcribed by the local model instead"
                 return self._transcribe_local(audio, params, job, started, [note])
         return self._transcribe_local(audio, params, job, started)
+
+    def _check_findable(self) -> None:
+        """Without a checkpoint, answer -32004 now: before the audio is decoded and without
+        waiting for torch (finding the checkpoint needs neither)."""
+        from .model_source import check_findable
+
+        try:
+            check_findable(self._model_path, offline=self.config.offline)
+        except RpcError as err:
+            self.last_error = err.message
+            raise
 
     def _transcribe_local(
         self,

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import DEFAULT_MODEL_ID, env_flag
 from .errors import ModelUnavailable
 
-__all__ = ["resolve_model_dir", "default_download_dir", "FETCH_HINT"]
+__all__ = ["check_findable", "resolve_model_dir", "default_download_dir", "FETCH_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,14 @@ def _check_checkpoint(path: Path) -> Path:
                 path=str(file),
             ) from None
     return path
+
+
+def check_findable(model_path: str | None, *, offline: bool = False) -> None:
+    """Raise the ``-32004`` a load would raise when no checkpoint can be found (no torch needed);
+    the tiny model is always findable (it is built when it is loaded, not here)."""
+    if model_path and model_path.strip().lower() == TINY:
+        return
+    resolve_model_dir(model_path, offline=offline)
 
 
 def resolve_model_dir(
