@@ -382,7 +382,7 @@ class Engine:
         self, precision: str, job: Job, *, force: bool = False, prepared: Any = None
     ) -> LoadedModel:
         loaded = self._loaded
-        if loaded is not None and not force and loaded.requested == precision:
+        if loaded is not None and not force and self._serves(loaded, precision):
             return loaded
         del loaded
         self._requested = precision
@@ -422,6 +422,15 @@ class Engine:
         self.last_error = None
         job.report("loading_model", 1.0, f"model loaded ({self._loaded.precision})")
         return self._loaded
+
+    def _serves(self, loaded: LoadedModel, precision: str) -> bool:
+        """Whether ``loaded`` already runs what a load for ``precision`` would: the same request,
+        or, where a load would go to the CPU, the same precision under another name (fp16, auto
+        and fp32 all run fp32 there: reloading would load the same weights again)."""
+        if loaded.requested == precision:
+            return True
+        on_cpu = loaded.device == "cpu" and self._expected_device() == "cpu"
+        return on_cpu and self._would_run(precision, "cpu") == loaded.precision
 
     def _model_where(self) -> str:
         """The checkpoint a failed load was reading, for the error message."""
