@@ -90,8 +90,14 @@ def test_selftest_builds_the_tiny_model_when_no_model_is_available(tmp_path: Pat
     (tmp_path / "tmp").mkdir()
     out = _run(["selftest"], env, timeout=200)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "no real model" in out.stdout and "built the tiny random-weight model" in out.stdout
+    assert "no real model" in out.stdout and "; built the tiny model (" in out.stdout
     assert any((tmp_path / "tmp").glob("vibevoice-rpc-tiny-*/model.safetensors"))
+    # It is the tiny model trained to answer: the segments are there, said to be no transcript.
+    assert "Speaker_1 [5.20-11.04]" in out.stdout and "not a transcript" in out.stdout
+    # Run again: the cached model is reused, and selftest says so.
+    again = _run(["selftest"], env, timeout=200)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "; reused the tiny model (" in again.stdout and "built" not in again.stdout
 
 
 def _result() -> TranscribeResult:
