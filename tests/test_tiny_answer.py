@@ -61,26 +61,24 @@ def test_a_hand_session_on_the_tiny_model_streams_segments_speakers_and_progress
     assert [s["text"] for s in segments] == [a["Content"] for a in ANSWER_SEGMENTS]
     assert meta["warnings"] == [] and meta["truncated"] is False
     assert meta["generated_tokens"] < meta["max_new_tokens"]  # it stopped at its eos
-    # Progress moves while transcribing: each segment's end ÷ duration, increasing.
+    # Progress moves while transcribing: up to the last segment's end ÷ duration (values within
+    # 0.1 s of each other are sent as one: the stage's last one always is).
     moving = [n["progress"] for n in progress if n["stage"] == "transcribing"]
-    assert moving == sorted(moving) and moving[-1] > 0.9 and len(set(moving)) >= 3, moving
-    ends = [round(s["end_time"] / meta["duration"], 4) for s in segments]
-    assert all(end in moving for end in ends), (ends, moving)
+    assert moving == sorted(moving) and moving[0] < moving[-1], moving
+    assert moving[-1] == round(segments[-1]["end_time"] / meta["duration"], 4) > 0.9, moving
 
 
 def test_the_answering_model_builds_to_the_same_bytes_twice(
     answer_model: Path, tmp_path: Path
 ) -> None:
-    """Two fresh builds, in this process and in another one with two torch threads (this suite
-    runs one), give the same files as the cached model the server loads."""
-    from vibevoice_rpc.tiny import build_tiny_model
-
-    here = build_tiny_model(tmp_path / "here", answer=True)
-    code = "import sys\nfrom vibevoice_rpc.tiny import build_tiny_model\n"
-    code += "build_tiny_model(sys.argv[1], answer=True)\n"
+    """A fresh build in another process with two torch threads (this suite runs one) gives the
+    same files as the cached model the server loads (built in a process with one thread)."""
+    code = "import sys, time\nfrom vibevoice_rpc.tiny import build_tiny_model\n"
+    code += "t0 = time.process_time()\nbuild_tiny_model(sys.argv[1], answer=True)\n"
+    code += "print(f'{time.process_time() - t0:.1f}')\n"
     env = dict(os.environ, OMP_NUM_THREADS="2")
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "there")],
+        [sys.executable, "-c", code, str(tmp_path / "again")],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -88,10 +86,12 @@ def test_the_answering_model_builds_to_the_same_bytes_twice(
         timeout=280,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _digests(here) == _digests(tmp_path / "there")
-    assert _digests(here) == _digests(answer_model), (
-        f"the cached {answer_model} differs from a fresh build: bump _ANSWER_RECIPE_VERSION in "
-        "vibevoice_rpc/tiny.py when the answer's training changes"
+    print(
+        f"answering tiny model built in {out.stdout.strip()} s of CPU time (torch imports included)"
+    )
+    assert _digests(tmp_path / "again") == _digests(answer_model), (
+        f"a fresh build differs from the cached {answer_model}: not deterministic, or the cache is "
+        "stale (bump _ANSWER_RECIPE_VERSION in vibevoice_rpc/tiny.py when the training changes)"
     )
 
 
@@ -114,6 +114,17 @@ def test_the_random_tiny_model_is_unchanged_and_separate(
         tiny.build_tiny_model(tmp_path, tokenizer="qwen", answer=True)
 
 
+def test_a_model_that_did_not_learn_the_answer_is_not_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vibevoice_rpc import tiny
+
+    monkeypatch.setattr(tiny, "teach_answer", lambda *a, **k: {"steps": 0.0, "loss": 9.9})
+    with pytest.raises(RuntimeError, match="did not learn its answer"):
+        tiny.build_tiny_model(tmp_path / "untaught", answer=True)
+    assert not (tmp_path / "untaught" / "model.safetensors").exists()
+
+
 def _load(folder: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoProcessor, VibeVoiceAsrForConditionalGeneration
@@ -121,6 +132,7 @@ def _load(folder: Path) -> tuple[Any, Any]:
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(
         str(folder), dtype=torch.float32, use_kernels=False
     )
+    model.generation_config.max_length = None  # as the loader does
     return model.eval(), AutoProcessor.from_pretrained(str(folder))
 
 
@@ -136,8 +148,10 @@ def test_the_answer_holds_for_any_length_and_context_on_real_prompts(
     cases = [
         (clip, None),
         (clip, context),
+        (clip, " ".join(["word"] * 120)),  # 359 tokens of context (the engine allows 448)
+        (clip[:96_000], "\n".join(["Trispr", "VibeVoice", "Alice", "Bob"] * 10)),
         (clip[:2_400], None),  # 0.1 s: one audio token
-        (np.concatenate([clip] * 16), "Hotwords: x"),  # 3 min, beyond the trained 80 s
+        (np.concatenate([clip] * 16), "Hotwords: x"),  # 3 min, beyond the trained 27 s
     ]
     assert answer_failures(model, processor, cases) == []
     # The training prompts are the processor's own, token for token.
@@ -196,7 +210,7 @@ def test_short_audio_gets_the_segments_clamped_to_its_length(
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_answer_holds_for_an_hour_in_one_window(answer_model: Path) -> None:
-    """60 min of audio is 27,000 audio tokens in one window (the training saw up to 600, with
+    """60 min of audio is 27,000 audio tokens in one window (the training saw up to 200, with
     the attention mass of up to 200 times that simulated)."""
     from vibevoice_rpc.tiny_answer import answer_failures
 

@@ -11,14 +11,20 @@ for every audio: its times fit the bundled 11.5 s clip and the engine clamps the
 What it is trained on, and why:
 
 * prompts from the processor's own template text (placeholder, audio tokens and tokenizer exactly
-  as ``apply_transcription_request`` expands them), for audio of 1–600 audio tokens (up to 80 s)
-  with random durations and, half the time, random context lines;
+  as ``apply_transcription_request`` expands them), for audio of 1–200 audio tokens (up to 27 s)
+  with random durations and, half the time, context: 1–200 words as a sentence or hotword lines,
+  sometimes one word over and over (the engine refuses more than 448 tokens of context);
 * the audio positions get real encoder + projector outputs of a few signals (the tiny encoders'
   outputs are nearly zero for any audio: what the answer must not depend on is mostly their count);
 * a long window is hours of audio tokens (27,000 for 60 min), too long to train on in seconds. The
   attention mass those tokens take is simulated instead: a float attention mask adds ln(k) to the
-  scores of the audio positions (as if each were there k times, k up to 200), so the answer learns to
-  look past them. Checked after the build on real prompts up to 60 min (tests/test_tiny_answer.py).
+  scores of the audio positions (as if each were there k times, k up to 200) and, on some steps,
+  of the rest of the prompt (k up to 20), so the answer learns to look past them.
+
+200 steps (≈ 17 s of one core here) is what it takes: 160 steps, or 200 steps of two thirds the
+examples, already gave a wrong answer for some context or length. :mod:`vibevoice_rpc.tiny` checks
+the answer on real prompts before it saves the model; tests/test_tiny_answer.py checks the bundled
+clip with and without context, 0.1 s to 3 min (and 60 min, marked slow), every CPU precision.
 
 Deterministic: fixed seeds, one intra-op thread while training (reductions in another order would
 change the last bits), no sampling. torch is imported inside the functions (imported by
@@ -57,13 +63,15 @@ ANSWER = json.dumps(list(ANSWER_SEGMENTS), separators=(",", ":"), ensure_ascii=F
 # prompt) and ends with <|im_end|>, a newline and <|endoftext|> (the generation config's eos).
 ANSWER_TURN = "<|im_start|>assistant\n" + ANSWER + "<|im_end|>\n<|endoftext|>"
 
-STEPS = 160
+STEPS = 200
 _LEARNING_RATE = 1e-2
 _WARMUP = 16
 _BATCH_TOKENS = 2400  # examples per step: as many of this step's length as fit
 _MAX_BATCH = 8
-_MAX_AUDIO_TOKENS = 600
+_MAX_AUDIO_TOKENS = 200
+_MAX_CONTEXT_WORDS = 200
 _MAX_MASS = 200.0  # the largest simulated repeat of the audio positions (see the module doc)
+_MAX_PROMPT_MASS = 20.0  # and of the other prompt tokens
 _SAMPLE_RATE = 24000
 _HOP = 3200
 _WORDS = (
@@ -119,12 +127,17 @@ def _feature_bank(model: Any, processor: Any, rng: Any) -> Any:
 
 
 def _context(rng: Any) -> str | None:
+    """None half the time, else words: a sentence or hotword lines, 1-200 words (sometimes one
+    word over and over). The engine refuses more than 448 tokens of context."""
     if rng.random() < 0.5:
         return None
-    words = [str(w) for w in rng.choice(_WORDS, int(rng.integers(1, 48)))]
-    lines = int(rng.integers(1, 4))
-    step = max(1, len(words) // lines)
-    return "\n".join(" ".join(words[i : i + step]) for i in range(0, len(words), step))
+    count = int(math.exp(rng.uniform(0.0, math.log(_MAX_CONTEXT_WORDS))))
+    if rng.random() < 0.2:
+        words = [str(rng.choice(_WORDS))] * count
+    else:
+        words = [str(w) for w in rng.choice(_WORDS, count)]
+    per_line = int(rng.integers(1, 12))
+    return "\n".join(" ".join(words[i : i + per_line]) for i in range(0, len(words), per_line))
 
 
 def _batch(
@@ -143,21 +156,27 @@ def _batch(
     length = max(len(r) for r in rows) + len(target)
     ids = torch.full((count, length), pad_id, dtype=torch.long)
     where = []
+    prompt = torch.zeros(count, length, dtype=torch.bool)  # all but the prompt's last 2 tokens
     for i, row in enumerate(rows):
         seq = row + target
         ids[i, : len(seq)] = torch.tensor(seq)
         where.append(torch.arange(len(row) - 1, len(seq) - 1) + i * length)
+        prompt[i, : len(row) - 2] = True
     audio = ids == audio_id
     picks = torch.from_numpy(rng.integers(0, len(bank), int(audio.sum())))
     features = bank[picks] * float(rng.uniform(0.5, 2.0))
-    # Causal mask plus, on most steps, ln(k) on the audio columns: k copies' worth of attention.
+    # Causal mask plus, on most steps, ln(k) on the audio columns (k copies' worth of attention)
+    # and on some the same for the rest of the prompt (any context, any length).
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     mask = torch.zeros(count, 1, length, length).masked_fill(
         ~causal, torch.finfo(torch.float32).min
     )
+    boost = torch.zeros(count, length)
     if rng.random() < 0.6:
-        boost = rng.uniform(0.0, math.log(_MAX_MASS))
-        mask = mask + (audio.float() * boost)[:, None, None, :] * causal
+        boost += audio.float() * rng.uniform(0.0, math.log(_MAX_MASS))
+    if rng.random() < 0.3:
+        boost += (prompt & ~audio).float() * rng.uniform(0.0, math.log(_MAX_PROMPT_MASS))
+    mask = mask + boost[:, None, None, :] * causal
     labels = torch.tensor(target * count)
     return ids, torch.cat(where), labels, features, mask
 
