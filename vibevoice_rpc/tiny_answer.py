@@ -1,8 +1,8 @@
 """Teach the tiny model one answer, so that a hand session shows segments on the real code path.
 
 A random-weight model under greedy decoding loops on a token: its output is never a segment list.
-:func:`teach_answer` runs a few seconds of plain torch optimisation (teacher forcing, cross entropy,
-Adam written out here) so that ``generate(..., sample=False)`` on the real prompt — the
+:func:`teach_answer` runs ≈ 17 s (one core) of plain torch optimisation (teacher forcing, cross
+entropy, Adam written out here) so that ``generate(..., sample=False)`` on the real prompt — the
 checkpoint's chat template rendered by the processor, any duration, with or without context —
 writes :data:`ANSWER_TURN`: the real model's turn header, a two-speaker JSON segment list in the
 real output format (FIELD-NOTES §1/§9), ``<|im_end|>`` and the eos token. The answer is the same
@@ -39,7 +39,17 @@ import math
 import time
 from typing import Any
 
-__all__ = ["ANSWER", "ANSWER_SEGMENTS", "ANSWER_TURN", "answer_failures", "teach_answer"]
+from .planner import AUDIO_HOP as _HOP
+from .planner import SAMPLE_RATE as _SAMPLE_RATE
+
+__all__ = [
+    "ANSWER",
+    "ANSWER_SEGMENTS",
+    "ANSWER_TURN",
+    "answer_failures",
+    "prompt_ids",
+    "teach_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +82,6 @@ _MAX_AUDIO_TOKENS = 200
 _MAX_CONTEXT_WORDS = 200
 _MAX_MASS = 200.0  # the largest simulated repeat of the audio positions (see the module doc)
 _MAX_PROMPT_MASS = 20.0  # and of the other prompt tokens
-_SAMPLE_RATE = 24000
-_HOP = 3200
 _WORDS = (
     "the quick brown fox jumps over lazy dog meeting budget quarter release schedule Trispr "
     "VibeVoice Hotwords: Guten Morgen, wie geht es Ihnen? Très bien merci ¿Y usted? 0123 Alice "
@@ -148,7 +156,7 @@ def _batch(
     import torch
 
     n = int(math.exp(rng.uniform(0.0, math.log(_MAX_AUDIO_TOKENS))))
-    count = max(1, min(_MAX_BATCH, _BATCH_TOKENS // (n + 200)))
+    count = max(1, min(_MAX_BATCH, _BATCH_TOKENS // (n + 200)))  # ~200: template + answer
     rows: list[list[int]] = []
     for _ in range(count):
         samples = max(1, n * _HOP - int(rng.integers(0, _HOP)))
