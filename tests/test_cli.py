@@ -61,8 +61,11 @@ def test_transcribe_a_file_to_srt(tmp_path: Path, tiny_model: Path, speech_clip:
     assert out.returncode == 0 and '"status": "success"' in out.stdout
 
 
-def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path) -> None:
-    out = _run(["transcribe", str(tmp_path / "nope.wav")], server_env())
+def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path, tiny_model: Path) -> None:
+    # With a model configured (without one, -32004 comes first, before the audio is opened).
+    out = _run(
+        ["transcribe", str(tmp_path / "nope.wav")], server_env(VIBEVOICE_MODEL_PATH=str(tiny_model))
+    )
     assert out.returncode == 1
     assert "error [-32001 not_found]" in out.stderr and "nope.wav" in out.stderr
     assert out.stdout == ""
