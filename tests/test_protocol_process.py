@@ -92,8 +92,9 @@ def test_invalid_utf8_and_binary_garbage_are_parse_errors():
         assert '{"jsonrpc":"2.0","id":1,"method":"health"}' in errs[-1]["error"]["message"]
 
 
-def test_non_ascii_is_utf8_on_the_wire():
-    with RpcProcess() as p:
+def test_non_ascii_is_utf8_on_the_wire(tiny_model):
+    # A model is configured: the missing file's -32001 is the answer (not -32004 before it).
+    with RpcProcess(env=server_env(VIBEVOICE_MODEL_PATH=str(tiny_model))) as p:
         p.request("transcribe", {"audio_path": "/nicht/da/Müller Besprechung 🎙.wav"}, id_="ü")
         r = p.response("ü", timeout=60)
         assert r["error"]["code"] == -32001 and "Müller Besprechung 🎙.wav" in r["error"]["message"]
@@ -263,13 +264,13 @@ def test_the_watchdog_polls_often_enough(monkeypatch):
     assert watchdog.POLL_SECONDS <= 0.5
 
 
-def test_pending_id_is_refused_for_health_and_cancel_too(tmp_path):
+def test_pending_id_is_refused_for_health_and_cancel_too(tiny_model):
     """With transcribe 7 pending, health 7 and cancel 7 are -32600 duplicate_id (issue #14.5)."""
     from vibevoice_rpc.commands import sample_audio_path
 
     env = server_env(
-        VIBEVOICE_MODEL_PATH=str(tmp_path / "no model"),  # the load fails, but only after...
-        VIBEVOICE_TEST_LOAD_DELAY="600",  # ...a load that outlasts the test: 7 stays pending
+        VIBEVOICE_MODEL_PATH=str(tiny_model),
+        VIBEVOICE_TEST_LOAD_DELAY="600",  # a load that outlasts the test: 7 stays pending
     )
     with RpcProcess(cmd=[sys.executable, "-m", "tests.scripted_server"], env=env) as p:
         p.request("transcribe", {"audio_path": str(sample_audio_path())}, id_=7)
@@ -355,4 +356,4 @@ def test_the_tiny_model_by_name_lets_a_person_drive_the_whole_protocol(speech_cl
         res = p.response(rid, timeout=200)["result"]
         assert res["status"] == "success" and res["metadata"]["generated_tokens"] == 8
         assert "vibevoice-rpc-tiny-" in res["metadata"]["model"]
-        wait_for_stderr(p, "its words are noise")
+        wait_for_stderr(p, "its words are not a transcript")

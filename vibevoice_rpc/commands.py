@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import locale
 import logging
 import os
@@ -227,35 +228,34 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
     stage(
         "audio decode",
         t0,
-        f"{clip.name}: Opus 16 kHz → {audio.duration:.2f} s of 24 kHz mono float32",
+        f"{clip}: Opus 16 kHz → {audio.duration:.2f} s of 24 kHz mono float32",
     )
 
     t0 = time.monotonic()
-    tiny = False
-    from .model_source import resolve_model_dir
+    from .model_source import TINY, resolve_model_dir
+    from .tiny import ensure_tiny_model
 
+    answering = "the tiny model (same architecture, trained offline to give one fixed answer)"
     try:
-        model_dir = resolve_model_dir(config.model_path, offline=True)
-        tiny = (model_dir / "tiny_model.json").is_file()  # a tiny model someone built earlier
-        what = "the tiny random-weight model" if tiny else "configured model"
-        stage("model found", t0, f"{what} at {model_dir}")
+        if (config.model_path or "").strip().lower() == TINY:
+            model_dir, built = ensure_tiny_model(answer=True)
+            found = f"VIBEVOICE_MODEL_PATH=tiny: {'built' if built else 'reused'} {answering}"
+        else:
+            model_dir = resolve_model_dir(config.model_path, offline=True)
+            found = _FOUND[_tiny_kind(model_dir)]  # a tiny model someone built earlier?
     except ModelUnavailable as err:
-        from .tiny import tiny_model_dir
-
-        model_dir = tiny_model_dir()
-        tiny = True
-        stage(
-            "model found",
-            t0,
-            f"no real model ({err.message.split(':')[0]}); built the tiny random-weight model "
-            f"of the same architecture at {model_dir}",
-        )
+        model_dir, built = ensure_tiny_model(answer=True)
+        why = err.message.split(":")[0]
+        found = f"no real model ({why}); {'built' if built else 'reused'} {answering}"
+    stage("model found", t0, f"{found} at {model_dir}")
+    kind = _tiny_kind(model_dir)
     config.model_path = str(model_dir)
-    if tiny:
+    if kind is not None:
         config.precision = "fp32"
     engine = Engine(config, runtime=runtime)
     engine.warm_up()
-    params = TranscribeParams(audio_path=str(clip), max_new_tokens=48 if tiny else None)
+    # The random tiny model loops until its budget; the answering one stops at its eos.
+    params = TranscribeParams(audio_path=str(clip), max_new_tokens=48 if kind == "random" else None)
     events: list[str] = []
     job = Job("selftest", "transcribe", params, None, lambda m, p: events.append(m))
     t0 = time.monotonic()
@@ -272,10 +272,12 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
         f"{meta.model_precision}: {meta.generated_tokens} tokens, {events.count('progress')} progress "
         f"notifications",
     )
-    if tiny:
+    if kind == "random":
         say(
             "       note: the tiny model has random weights — its words are noise, not a transcript"
         )
+    elif kind == "answer":
+        say("       note: the tiny model gives these two segments for any audio — not a transcript")
     for seg in result.segments[:5]:
         say(f"       {seg.speaker} [{seg.start_time:.2f}-{seg.end_time:.2f}] {seg.text}")
 
@@ -298,11 +300,29 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
         say(f"[FAIL] schema: missing {sorted(missing)}")
         return 1
     stage("schema", t0, f"result matches the app's schema ({len(wire)} bytes of JSON)")
-    say(
-        "selftest passed"
-        + (" (tiny model: pipeline verified, transcript is noise)" if tiny else "")
-    )
+    say("selftest passed" + _PASSED[kind])
     return 0
+
+
+_FOUND = {
+    None: "configured model",
+    "random": "the tiny random-weight model",
+    "answer": "the tiny model with a fixed answer",
+}
+_PASSED = {
+    None: "",
+    "random": " (tiny model: pipeline verified, transcript is noise)",
+    "answer": " (tiny model: pipeline verified; its fixed answer is not a transcript)",
+}
+
+
+def _tiny_kind(model_dir: Path) -> str | None:
+    """``"answer"`` or ``"random"`` for a tiny model (:mod:`vibevoice_rpc.tiny`), else None."""
+    try:
+        stamp = json.loads((model_dir / "tiny_model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "answer" if isinstance(stamp, dict) and stamp.get("answer") else "random"
 
 
 def run_download(config: Config, args: argparse.Namespace, proto_fd: int) -> int:

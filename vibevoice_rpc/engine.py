@@ -380,7 +380,7 @@ class Engine:
         self, precision: str, job: Job, *, force: bool = False, prepared: Any = None
     ) -> LoadedModel:
         loaded = self._loaded
-        if loaded is not None and not force and loaded.requested == precision:
+        if loaded is not None and not force and self._serves(loaded, precision):
             return loaded
         del loaded
         self._requested = precision
@@ -420,6 +420,15 @@ class Engine:
         self.last_error = None
         job.report("loading_model", 1.0, f"model loaded ({self._loaded.precision})")
         return self._loaded
+
+    def _serves(self, loaded: LoadedModel, precision: str) -> bool:
+        """Whether ``loaded`` already runs what a load for ``precision`` would: the same request,
+        or, where a load would go to the CPU, the same precision under another name (fp16, auto
+        and fp32 all run fp32 there: reloading would load the same weights again)."""
+        if loaded.requested == precision:
+            return True
+        on_cpu = loaded.device == "cpu" and self._expected_device() == "cpu"
+        return on_cpu and self._would_run(precision, "cpu") == loaded.precision
 
     def _model_where(self) -> str:
         """The checkpoint a failed load was reading, for the error message."""
@@ -462,9 +471,11 @@ class Engine:
     # --- transcription ----------------------------------------------------------------------
 
     def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
+        started = time.monotonic()
+        if self.backend == "local" and self._loaded is None:
+            self._check_findable()
         from .audio import load_audio
 
-        started = time.monotonic()
         job.report("loading_audio", 0.0, "decoding audio")
         audio = load_audio(
             params.audio_path,
@@ -492,6 +503,17 @@ class Engine:
                 note = f"{err.message}; transcribed by the local model instead"
                 return self._transcribe_local(audio, params, job, started, [note])
         return self._transcribe_local(audio, params, job, started)
+
+    def _check_findable(self) -> None:
+        """Without a checkpoint, answer -32004 now: before the audio is decoded and without
+        waiting for torch (finding the checkpoint needs neither)."""
+        from .model_source import check_findable
+
+        try:
+            check_findable(self._model_path, offline=self.config.offline)
+        except RpcError as err:
+            self.last_error = err.message
+            raise
 
     def _transcribe_local(
         self,

@@ -25,6 +25,7 @@ from .errors import ModelUnavailable
 from .hub_listing import shown, unsafe_name_reason
 
 __all__ = [
+    "check_findable",
     "resolve_model_dir",
     "default_download_dir",
     "check_checkpoint_files",
@@ -37,7 +38,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"  # VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model, for trying the protocol
+# VIBEVOICE_MODEL_PATH=tiny: the tiny model with a fixed answer, for trying the protocol
+TINY = "tiny"
 
 FETCH_HINT = (
     "download it with the download_model method (or `vibevoice-rpc download [--dir DIR]`), or "
@@ -309,6 +311,14 @@ def _check_config(file: Path, config: Any) -> dict[str, Any]:
     return config
 
 
+def check_findable(model_path: str | None, *, offline: bool = False) -> None:
+    """Raise the ``-32004`` a load would raise when no checkpoint can be found (no torch needed);
+    the tiny model is always findable (it is built when it is loaded, not here)."""
+    if model_path and model_path.strip().lower() == TINY:
+        return
+    resolve_model_dir(model_path, offline=offline)
+
+
 def resolve_model_dir(
     model_path: str | None, *, offline: bool = False, model_id: str = DEFAULT_MODEL_ID
 ) -> Path:
@@ -319,18 +329,19 @@ def resolve_model_dir(
     standard Hugging Face cache are used (``HF_HOME``/``HF_HUB_CACHE`` are honoured). ``offline``
     only changes the message: nothing is fetched either way.
 
-    ``model_path`` ``"tiny"`` is the tiny random-weight model of the same architecture, built
-    offline on first use (:func:`vibevoice_rpc.tiny.tiny_model_dir`): the whole protocol can be
-    driven by hand without the 17 GB checkpoint — its transcripts are noise.
+    ``model_path`` ``"tiny"`` is the tiny model of the same architecture, built offline on first
+    use and trained to give one fixed two-speaker answer (:func:`vibevoice_rpc.tiny.tiny_model_dir`
+    with ``answer=True``): the whole protocol can be driven by hand without the 17 GB checkpoint,
+    segments included — they are not a transcript.
     """
     cache_dir: Path | None = None
     if model_path and model_path.strip().lower() == TINY:
         from .tiny import tiny_model_dir
 
-        folder = tiny_model_dir()
+        folder = tiny_model_dir(answer=True)
         log.warning(
-            "VIBEVOICE_MODEL_PATH=tiny: the tiny random-weight model at %s (for trying the "
-            "protocol; its words are noise, not a transcript)",
+            "VIBEVOICE_MODEL_PATH=tiny: the tiny model at %s, trained to give the same two "
+            "segments for any audio (for trying the protocol; its words are not a transcript)",
             folder,
         )
         return folder

