@@ -281,11 +281,12 @@ def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[list[str], int
 @pytest.mark.timeout(120)
 def test_log_lines_do_not_run_into_the_progress_bar_on_a_terminal(tmp_path: Path):
     """Was "loading_audio [....]    0% decoding audio2026-12-07 … - INFO - decoded …": the bar's
-    unfinished line, continued by the record. A transcribe with no model (the audio decodes
-    and is logged while the bar is up; then -32004) needs no torch."""
-    empty = tmp_path / "no model"
-    empty.mkdir()
-    env = server_env(VIBEVOICE_MODEL_PATH=str(empty), COLUMNS="100")
+    unfinished line, continued by the record. A transcribe with a checkpoint that is found but
+    does not load (the audio decodes and is logged while the bar is up; then -32004)."""
+    from .checkpoints import unloadable_checkpoint
+
+    model = unloadable_checkpoint(tmp_path / "unloadable")
+    env = server_env(VIBEVOICE_MODEL_PATH=str(model), COLUMNS="100")
     clip = commands.sample_audio_path()
     screen, code = _on_a_terminal(["transcribe", str(clip), "--format", "srt"], env)
     assert code == 1, screen

@@ -15,8 +15,8 @@ docs/PROTOCOL.md predicts, for every line sent, which answers must come back; th
 * the process stays alive and still answers ``health`` at the end.
 
 ``shutdown`` is never sent. Model work is cheap by construction: ``VIBEVOICE_MODEL_PATH`` names a
-directory that does not exist (``reload_model`` fails fast) and the server runs in an empty working
-directory, so random audio paths never exist (``transcribe`` fails in its first file check).
+directory that does not exist (``reload_model`` and ``transcribe`` fail fast: a missing checkpoint
+is answered before the audio is opened) and the server runs in an empty working directory.
 """
 
 from __future__ import annotations
@@ -585,7 +585,8 @@ def test_fuzz_the_protocol(fuzz_server: RpcProcess) -> None:
             {"jsonrpc": "2.0", "id": "5mb-t", "method": "transcribe", "params": {"audio_path": pad}}
         ).encode()
         + b"\n",
-        [Req("5mb-t", expect_code=-32001)],
+        # No checkpoint (the fixture's): -32004, answered before the 5 MB path is looked at.
+        [Req("5mb-t", expect_code=-32004)],
     )
     junk = bytes(b for b in f.rng.randbytes(five) if b != 0x0A)
     s.send(junk + b"\n", [Junk()])
