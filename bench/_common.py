@@ -213,7 +213,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], note: str | Non
 
 def tiny_model() -> Path:
     """The tiny random-weight model's checkpoint folder (built once, cached under the temp dir)."""
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     return tiny_model_dir()
 

@@ -45,7 +45,7 @@ def main() -> None:
     )
 
     import vibevoice_rpc  # noqa: F401  (first: it keeps transformers off the Hub's kernels)
-    from vibevoice_rpc.audio import load_audio
+    from vibevoice_rpc.audio.decode import load_audio
 
     class Forced(LogitsProcessor):  # the same forcing as tests/scripted.py
         def __init__(self, ids: list[int], prompt_len: int) -> None:

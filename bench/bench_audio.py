@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vibevoice_rpc import audio_pyav  # noqa: E402
-from vibevoice_rpc.audio import find_ffmpeg, load_audio  # noqa: E402
+from vibevoice_rpc.audio import pyav as audio_pyav  # noqa: E402
+from vibevoice_rpc.audio.decode import find_ffmpeg, load_audio  # noqa: E402
 from vibevoice_rpc.config import Config  # noqa: E402
 
 TEXT_A = (
@@ -51,7 +51,7 @@ TEXT_B = (
 RSS_SCRIPT = r"""
 import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
-from vibevoice_rpc.audio import load_audio
+from vibevoice_rpc.audio.decode import load_audio
 
 
 def status(key):

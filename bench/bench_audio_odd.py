@@ -36,7 +36,7 @@ from bench._common import print_header, temp_dir  # noqa: E402
 RSS_SCRIPT = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from vibevoice_rpc import audio, audio_pyav
+from vibevoice_rpc.audio import decode as audio, pyav as audio_pyav
 from vibevoice_rpc.errors import RpcError
 
 root, warm, path, decoder, limit = sys.argv[1:6]

@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     args = ap.parse_args()
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     tiny = tiny_model_dir("auto")
     tmp = Path(tempfile.mkdtemp(prefix="bench-caps-"))

@@ -7,7 +7,7 @@ Run by hand from the repo root::
     python bench/bench_engine.py --quick    # ~20 s: one process pair, 10 jobs, 1 and 5 min
 
 All of it runs the real code path on the tiny random-weight model of the real architecture
-(``vibevoice_rpc.tiny.tiny_model_dir()``, fp32 on the CPU); its words are noise, so every
+(``vibevoice_rpc.model.tiny.tiny_model_dir()``, fp32 on the CPU); its words are noise, so every
 transcription is bounded with ``max_new_tokens``. It prints:
 
 1. overhead: RPC ``transcribe`` (client side: request written -> response read, model already

@@ -8,7 +8,7 @@ Run by hand from the repo root::
     python bench/bench_protocol.py --profile  # also cProfile the reader path (handle_line -> _health)
 
 Everything runs the real program (``python -m vibevoice_rpc``, cwd = repo root) over pipes, with the
-tiny random-weight model of the real architecture (``vibevoice_rpc.tiny.tiny_model_dir()``) in fp32
+tiny random-weight model of the real architecture (``vibevoice_rpc.model.tiny.tiny_model_dir()``) in fp32
 on the CPU. It prints:
 
 1. start-up, over N fresh spawns (10; quick 4) in three cases — no model configured,
@@ -352,12 +352,12 @@ def profile_reader(n: int) -> None:
     (torch imported, no model) and a real ``LineWriter`` on /dev/null."""
     sys.path.insert(0, str(ROOT))
     from vibevoice_rpc.config import Config
-    from vibevoice_rpc.dispatcher import Dispatcher
     from vibevoice_rpc.engine import Engine
-    from vibevoice_rpc.transport import LineWriter
+    from vibevoice_rpc.protocol.dispatcher import Dispatcher
+    from vibevoice_rpc.protocol.transport import LineWriter
 
     engine = Engine(Config(precision="fp32"))
-    engine._import_torch()  # noqa: SLF001 - what warm_up() runs on its thread
+    engine.local._import_torch()  # noqa: SLF001 - what warm_up() runs on its thread
     fd = os.open(os.devnull, os.O_WRONLY)
     try:
         dispatcher = Dispatcher(engine, LineWriter(fd).write)

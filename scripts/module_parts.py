@@ -1,7 +1,7 @@
 """How a bundle too large for one release asset is split into two Trispr Flow modules.
 
 The packager (``package_module.py --split``) and the checker (``check_module.py``) share this; the
-engine's half of the contract is ``vibevoice_rpc/split_bundle.py`` (the file names and fields
+engine's half of the contract is ``vibevoice_rpc/model/split_bundle.py`` (the file names and fields
 below are repeated there, and ``tests/test_module_package.py`` checks that they agree).
 
 * The **runtime part** (module ``analysis_runtime``, kind ``runtime``) holds the bundle's CUDA

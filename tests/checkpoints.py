@@ -13,7 +13,7 @@ def unloadable_checkpoint(folder: Path) -> Path:
     vocabulary disagrees with its weights. A request decodes its audio, then ends in -32004
     ``model_load_failed``."""
     if not (folder / "config.json").is_file():
-        from vibevoice_rpc.tiny import tiny_model_dir
+        from vibevoice_rpc.model.tiny import tiny_model_dir
 
         shutil.copytree(tiny_model_dir(), folder)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

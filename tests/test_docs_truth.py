@@ -74,7 +74,7 @@ def test_the_readme_hand_section_names_files_that_exist() -> None:
 @pytest.mark.model
 @pytest.mark.timeout(300)
 def test_the_readme_tiny_session_runs_as_written_and_answers_what_it_shows() -> None:
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     tiny_model_dir(answer=True)  # built here, not inside the server's first request
     lines = [json.loads(line) for line in _tiny_session()]

@@ -322,7 +322,7 @@ def test_cli_download_shows_progress_on_stderr_and_prints_the_path(
 
 
 def test_model_status_sees_a_checkpoint_copied_by_hand(tiny_model: Path, tmp_path: Path) -> None:
-    from vibevoice_rpc.download import model_status
+    from vibevoice_rpc.checkpoint.status import model_status
     from vibevoice_rpc.messages import ModelStatusParams
 
     st = model_status(ModelStatusParams(target_dir=str(tiny_model)), None, offline=True)
@@ -366,10 +366,10 @@ def test_with_the_tiny_model_configured_the_real_model_goes_to_the_default_folde
     """VIBEVOICE_MODEL_PATH=tiny (the built-in tiny model, for trying the protocol) is not a folder:
     model_status, download_model and the download command use the default download folder, not
     ./tiny (one rule, in download's choice of the target folder)."""
+    from vibevoice_rpc.checkpoint.source import default_download_dir
     from vibevoice_rpc.config import Config
     from vibevoice_rpc.engine import Engine
     from vibevoice_rpc.messages import ModelStatusParams
-    from vibevoice_rpc.model_source import default_download_dir
 
     monkeypatch.chdir(tmp_path)
     st = Engine(Config(model_path="tiny", offline=True)).model_status(ModelStatusParams())

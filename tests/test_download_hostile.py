@@ -217,7 +217,7 @@ def test_an_endless_error_body_is_read_only_in_part() -> None:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
-    from vibevoice_rpc.download import ERROR_BODY_BYTES, raise_for_status
+    from vibevoice_rpc.checkpoint.hub import ERROR_BODY_BYTES, raise_for_status
 
     class Endless(httpx2.SyncByteStream):
         sent = 0

@@ -15,7 +15,6 @@ import pytest
 import soundfile as sf
 
 from vibevoice_rpc.config import Config
-from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import ModelUnavailable, OutOfMemory, RequestCancelled
 from vibevoice_rpc.messages import (
@@ -24,6 +23,7 @@ from vibevoice_rpc.messages import (
     TranscribeParams,
     TranscribeResult,
 )
+from vibevoice_rpc.protocol.dispatcher import Job
 
 from . import scripted
 from .recorder import Recorder
@@ -73,7 +73,7 @@ def test_real_speech_goes_through_the_whole_pipeline(engine: Engine, speech_clip
     assert meta.duration == pytest.approx(11.5, abs=0.01)
     assert (meta.model_precision, meta.device, meta.windows) == ("fp32", "cpu", 1)
     assert 1 <= meta.generated_tokens <= 24 and meta.max_new_tokens == 24
-    assert meta.processing_time > 0 and meta.plan and meta.plan["precision"] == "fp32"
+    assert meta.processing_time > 0 and meta.plan and meta.plan.precision == "fp32"
     assert meta.num_speakers == len({s.speaker for s in result.segments})
     assert meta.language == "unknown" or len(meta.language) in (2, 3)
     # Stages arrive in the documented order (loading_model only when a load was needed).
@@ -144,7 +144,7 @@ def test_hotwords_and_context_reach_the_prompt_in_the_trained_wording(
     engine: Engine, speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(engine, audio_path=str(speech_clip), max_new_tokens=1)  # loaded
-    processor = engine._loaded.processor
+    processor = engine.local.loaded.processor
     prompts: list[str] = []
     real = processor.apply_transcription_request
 
@@ -301,7 +301,7 @@ def test_out_of_memory_during_a_recovery_try_is_reported(
 def test_the_token_budget_scales_with_duration_within_the_64k_context(
     engine: Engine, tmp_path: Path
 ) -> None:
-    from vibevoice_rpc.generation import token_budget
+    from vibevoice_rpc.model.runner import token_budget
 
     room = 65536 - 27512  # an hour's prompt: 27,000 audio tokens + the template
     assert token_budget(1800, None, 65536) >= 18_000  # a dense half hour needs ~10 tokens/s
@@ -354,7 +354,7 @@ def test_cancel_during_the_prefill_stops_at_the_next_decoder_layer(
     engine: Engine, speech_clip: Path
 ) -> None:
     run(engine, audio_path=str(speech_clip), max_new_tokens=1)  # loaded
-    layers = engine._loaded.model.model.language_model.layers
+    layers = engine.local.loaded.model.model.language_model.layers
     rec = Recorder()
     entered: list[int] = []
 
@@ -403,7 +403,7 @@ def test_out_of_memory_mid_generation_is_reported_and_the_model_keeps_serving(
     err = info.value
     assert err.code == -32005 and "CUDA out of memory" in err.message
     assert err.data["suggested_precision"] == "bf16" and "bf16" in err.data["hint"]
-    assert engine.snapshot().model_loaded is True and engine.state == "idle"
+    assert engine.snapshot().model_loaded is True and engine.local.state == "idle"
     again, _ = run(engine, audio_path=str(speech_clip))
     assert len(again.segments) == 4
 
@@ -417,9 +417,9 @@ def _windowed_run(
     """Transcribe ``clip`` in 5 s windows; each window's scripted answer says who talks when, with
     local speaker ids numbered from 0 in order of appearance, as the real model numbers them
     (``SILENCE`` and ``NOISE`` are the model's non-speech segments, without a speaker number)."""
-    from vibevoice_rpc.audio import load_audio
-    from vibevoice_rpc.pipeline import WINDOW_OVERLAP_SECONDS
-    from vibevoice_rpc.windowing import plan_windows, quiet_split_points
+    from vibevoice_rpc.audio.decode import load_audio
+    from vibevoice_rpc.limits import WINDOW_OVERLAP_SECONDS
+    from vibevoice_rpc.transcription.windowing import plan_windows, quiet_split_points
 
     audio = load_audio(clip)
 
@@ -556,7 +556,7 @@ def test_reload_switches_precision_and_reports_what_runs(
 
         msg = eng.reload(ReloadParams(precision="bf16"), job)
         assert msg.status == "success" and "precision: bf16" in msg.message
-        model = eng._loaded.model
+        model = eng.local.loaded.model
         assert model.lm_head.weight.dtype == torch.bfloat16
         assert next(model.model.acoustic_tokenizer_encoder.parameters()).dtype == torch.float32
         res, _ = run(eng, audio_path=str(speech_clip), max_new_tokens=4)
@@ -564,7 +564,7 @@ def test_reload_switches_precision_and_reports_what_runs(
 
         msg = eng.reload(ReloadParams(precision="int8"), job)
         assert "precision: int8" in msg.message
-        model = eng._loaded.model
+        model = eng.local.loaded.model
         lm = model.model.language_model
         assert any(isinstance(m, Linear8bitLt) for m in lm.modules())
         for name in (
@@ -593,7 +593,7 @@ def test_unload_frees_the_model(tiny_model: Path, speech_clip: Path) -> None:
     eng = Engine(Config(model_path=str(tiny_model), precision="fp32", offline=True))
     eng.warm_up()
     run(eng, audio_path=str(speech_clip), max_new_tokens=2)
-    ref = weakref.ref(eng._loaded.model)
+    ref = weakref.ref(eng.local.loaded.model)
     job = Job(None, "unload_model", None, None, None)
     assert eng.unload(job).message == "Model unloaded"
     gc.collect()
@@ -629,7 +629,7 @@ def test_chunked_encoding_reports_progress_per_chunk_and_changes_nothing(
     engine: Engine, speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run(engine, audio_path=str(speech_clip), max_new_tokens=1)
-    model = engine._loaded.model
+    model = engine.local.loaded.model
     outputs: list[Any] = []
     real_generate = model.generate
 
@@ -659,10 +659,10 @@ def test_chunked_encoding_reports_progress_per_chunk_and_changes_nothing(
 def test_parked_encoders_come_in_for_encoding_and_leave_at_the_first_token(
     engine: Engine, speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vibevoice_rpc.planner import ENCODER_MODULES
+    from vibevoice_rpc.model.planner import ENCODER_MODULES
 
     run(engine, audio_path=str(speech_clip), max_new_tokens=1)
-    loaded = engine._loaded
+    loaded = engine.local.loaded
     order: list[str] = []
     for name in ENCODER_MODULES:
         module = getattr(loaded.model.model, name)
@@ -678,13 +678,13 @@ def test_parked_encoders_come_in_for_encoding_and_leave_at_the_first_token(
         if method == "progress" and params.stage == "transcribing":
             order.append("first token")
 
-    monkeypatch.setattr(engine, "_loaded", dataclasses.replace(loaded, parked=True))
+    monkeypatch.setattr(engine.local, "loaded", dataclasses.replace(loaded, parked=True))
     run(engine, Recorder(mark), audio_path=str(speech_clip), max_new_tokens=3)
     moves = [f"{n}->cpu" for n in ENCODER_MODULES]  # device "cpu" here: the moves are the proof
     assert order == moves + ["first token"] + moves
 
 
 def _tokenizer(engine: Engine, clip: Path) -> Any:
-    if engine._loaded is None:
+    if engine.local.loaded is None:
         run(engine, audio_path=str(clip), max_new_tokens=1)
-    return engine._loaded.processor.tokenizer
+    return engine.local.loaded.processor.tokenizer

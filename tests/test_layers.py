@@ -1,73 +1,84 @@
-"""The package's layers point one way (docs/ARCHITECTURE.md): no import circles, and nothing on the
-engine side (the model, the pipeline, the runners, audio) imports the protocol side."""
+"""The package's folders are its layers (docs/ARCHITECTURE.md): each wing imports only the wings
+below it, torch stays in the model wing, there are no import circles, and the architecture document
+lists exactly the modules that exist."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vibevoice_rpc"
-PROTOCOL = {"dispatcher", "jsonrpc", "transport", "server", "cli", "commands", "__main__"}
-# Below both sides: plain data, the error table, platform glue. Every module is in one of the three.
-SHARED = {
-    "__init__",
-    "messages",
-    "errors",
-    "config",
-    "formats",
-    "logsink",
-    "redact",
-    "watchdog",
-    "winapi",
-    "split_bundle",
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
+
+# The wings: one folder each. A new folder is placed here on purpose (and in ARCHITECTURE.md).
+WINGS = {"protocol", "audio", "transcription", "checkpoint", "model", "remote"}
+# The top level: what people and the app start (may import anything), the engine with its
+# Backend protocol, and the shared floor (every other top-level module).
+ENTRY = {"__main__", "cli", "commands"}
+ENGINE = {"engine", "backend"}
+# Which part may import which (lazy and TYPE_CHECKING imports count too).
+MAY_IMPORT: dict[str, set[str]] = {
+    "floor": {"floor"},
+    "audio": {"floor"},
+    "transcription": {"floor", "audio"},
+    "checkpoint": {"floor"},
+    "model": {"floor", "audio", "transcription", "checkpoint"},
+    "remote": {"floor", "audio", "transcription"},
+    "engine": {"floor", "audio", "transcription", "checkpoint", "model", "remote", "engine"},
+    "protocol": {"floor"},
 }
-ENGINE_SIDE = {
-    "engine",
-    "loader",
-    "runtime",
-    "planner",
-    "model_source",
-    "download",
-    "hub_listing",
-    "gpu",
-    "tiny",
-    "tiny_answer",
-    "pipeline",
-    "windowing",
-    "stream",
-    "prompt",
-    "parser",
-    "repetition",
-    "language",
-    "generation",
-    "remote",
-    "remote_client",
-    "remote_errors",
-    "remote_http",
-    "audio",
-    "audio_paths",
-    "audio_soundfile",
-    "audio_pyav",
-    "audio_ffmpeg",
-    "audio_sink",
-    "job",
-}
+HEAVY = {"torch", "transformers", "accelerate", "bitsandbytes"}  # the model wing's alone
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name below the package (``audio.decode``, ``engine``) -> its file."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        out[".".join(parts)] = path
+    return out
+
+
+def _part(module: str) -> str:
+    top = module.split(".")[0]
+    if top in WINGS:
+        return top
+    if top in ENTRY:
+        return "entry"
+    if top in ENGINE:
+        return "engine"
+    return "floor"
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The package modules ``module`` imports, at any depth."""
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")[:-1]
+    names = set(_modules())
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = package[: len(package) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            candidates = (
+                [target] if node.module else [".".join([*base, a.name]) for a in node.names]
+            )
+            for c in candidates:
+                c = c or "__init__"
+                if c in names:
+                    found.add(c)
+                elif f"{c}.__init__" in names:
+                    found.add(f"{c}.__init__")
+                elif "." in c and c.rsplit(".", 1)[0] in names:  # from .x import name
+                    found.add(c.rsplit(".", 1)[0])
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("vibevoice_rpc."):
+                found.add(node.module.removeprefix("vibevoice_rpc."))
+    return found - {module}
 
 
 def _graph() -> dict[str, set[str]]:
-    """Module → the package modules it imports (at any depth: lazy imports count too)."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name in modules:
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:
-                    deps.add(node.module.split(".")[0])
-                else:
-                    deps.update(alias.name for alias in node.names)
-        graph[name] = deps & modules
-    return graph
+    return {m: _imports(m, p) for m, p in _modules().items()}
 
 
 def test_no_import_circles() -> None:
@@ -77,7 +88,7 @@ def test_no_import_circles() -> None:
         stack = [(start, [start])]
         while stack:
             node, path = stack.pop()
-            for dep in graph[node]:
+            for dep in graph.get(node, ()):
                 if dep == start:
                     circles.append(" -> ".join([*path, start]))
                 elif dep not in path:
@@ -85,47 +96,63 @@ def test_no_import_circles() -> None:
     assert circles == []
 
 
-def test_every_module_has_its_layer() -> None:
-    """A new module is placed on purpose (and in docs/ARCHITECTURE.md), not left out of the check."""
-    modules = set(_graph())
-    assert modules - PROTOCOL - ENGINE_SIDE - SHARED == set()
-    assert (PROTOCOL | ENGINE_SIDE | SHARED) - modules == set()
-    assert not (PROTOCOL & ENGINE_SIDE or PROTOCOL & SHARED or ENGINE_SIDE & SHARED)
+def test_every_folder_is_a_wing_and_the_top_level_rooms_exist() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == WINGS
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert ENTRY | ENGINE <= top
 
 
-def test_the_shared_modules_import_neither_side() -> None:
+def test_each_wing_imports_only_the_wings_below_it() -> None:
+    crossing = {}
+    for module, deps in _graph().items():
+        part = _part(module)
+        if part == "entry":
+            continue
+        bad = sorted(d for d in deps if _part(d) not in MAY_IMPORT[part] and _part(d) != part)
+        if bad:
+            crossing[module] = bad
+    assert crossing == {}
+
+
+def test_nothing_below_the_protocol_wing_imports_it() -> None:
     graph = _graph()
     crossing = {
-        m: sorted(graph[m] & (PROTOCOL | ENGINE_SIDE))
-        for m in SHARED
-        if graph[m] & (PROTOCOL | ENGINE_SIDE)
+        m: sorted(d for d in deps if _part(d) == "protocol")
+        for m, deps in graph.items()
+        if _part(m) not in ("protocol", "entry") and any(_part(d) == "protocol" for d in deps)
     }
     assert crossing == {}
 
 
-def test_torch_stays_on_the_engine_side() -> None:
-    """The protocol side and the shared modules never import torch or transformers (health and the
-    reader must answer while a CUDA torch takes a minute to import)."""
-    heavy = {"torch", "transformers", "accelerate", "bitsandbytes"}
+def test_torch_only_in_the_model_wing() -> None:
+    """Nothing outside model/ imports torch, transformers, accelerate or bitsandbytes (health and
+    the reader must answer while a CUDA torch takes a minute to import; the remote backend and
+    the pipeline need none of them)."""
     found = {}
-    for name in PROTOCOL | SHARED:
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+    for module, path in _modules().items():
+        if _part(module) == "model":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             roots: set[str] = set()
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 roots = {node.module.split(".")[0]}
-            if roots & heavy:
-                found.setdefault(name, set()).update(roots & heavy)
+            if roots & HEAVY:
+                found.setdefault(module, set()).update(roots & HEAVY)
     assert found == {}
 
 
-def test_the_engine_side_never_imports_the_protocol_side() -> None:
-    graph = _graph()
-    assert ENGINE_SIDE <= set(graph), ENGINE_SIDE - set(graph)
-    crossing = {m: sorted(graph[m] & PROTOCOL) for m in ENGINE_SIDE if graph[m] & PROTOCOL}
-    assert crossing == {}
+def test_the_architecture_document_lists_exactly_the_modules_that_exist() -> None:
+    """Its rooms table names every module as a path (``audio/decode.py``), each once."""
+    doc = ARCHITECTURE.read_text(encoding="utf-8")
+    table = doc[doc.index("## The rooms") : doc.index("\n## ", doc.index("## The rooms") + 3)]
+    named = re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", table)
+    existing = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")}
+    existing = {p for p in existing if not p.endswith("__init__.py")} | {"__init__.py"}
+    assert sorted(set(named) ^ existing) == []
+    assert len(named) == len(set(named)), "a module is named twice"
 
 
 def test_the_error_table_is_complete_unique_and_documented() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from vibevoice_rpc.config import Config
-from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import ModelDoesNotFit, ModelUnavailable
 from vibevoice_rpc.messages import ReloadParams, TranscribeParams, TranscribeResult
+from vibevoice_rpc.protocol.dispatcher import Job
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -41,7 +41,7 @@ def test_nf4_runs_end_to_end_on_the_cpu(engine: Engine, speech_clip: Path) -> No
     from bitsandbytes.nn import Linear4bit
 
     assert "precision: nf4" in engine.reload(ReloadParams(precision="nf4"), job()).message
-    lm = engine._loaded.model.model.language_model
+    lm = engine.local.loaded.model.model.language_model
     assert any(isinstance(m, Linear4bit) for m in lm.modules())
     result = run(engine, audio_path=str(speech_clip), max_new_tokens=8)
     meta = result.metadata
@@ -65,8 +65,8 @@ def test_no_max_length_warning_on_any_window(
 def test_quantized_offload_gets_max_memory_and_fp32_cpu_offload() -> None:
     import torch
 
-    from vibevoice_rpc import planner
-    from vibevoice_rpc.loader import from_pretrained_kwargs
+    from vibevoice_rpc.model import planner
+    from vibevoice_rpc.model.loader import from_pretrained_kwargs
 
     cfg = planner.real_size_config()
     gib = 2**30
@@ -113,7 +113,7 @@ def test_int8_with_fp32_cpu_offload_loads_and_runs_on_the_cpu(
     import torch
     from transformers import AutoProcessor, VibeVoiceAsrForConditionalGeneration
 
-    from vibevoice_rpc.loader import quantization_config
+    from vibevoice_rpc.model.loader import quantization_config
 
     quant = quantization_config("int8", torch.float32, cpu_offload=True)
     model = VibeVoiceAsrForConditionalGeneration.from_pretrained(
@@ -151,10 +151,10 @@ def test_a_reload_with_a_bad_model_path_keeps_the_working_model(
 def test_a_precision_that_cannot_fit_is_refused_before_the_model_is_unloaded(
     engine: Engine, speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vibevoice_rpc import planner
+    from vibevoice_rpc.model import planner
 
     run(engine, audio_path=str(speech_clip), max_new_tokens=2)
-    model = engine._loaded.model
+    model = engine.local.loaded.model
     real = planner.plan
 
     def plan(config: Any, precision: str, **kwargs: Any) -> Any:
@@ -166,7 +166,7 @@ def test_a_precision_that_cannot_fit_is_refused_before_the_model_is_unloaded(
     with pytest.raises(ModelDoesNotFit) as info:
         engine.reload(ReloadParams(precision="bf16"), job())
     assert info.value.code == -32006 and "was kept" in info.value.message
-    assert engine._loaded is not None and engine._loaded.model is model  # never unloaded
+    assert engine.local.loaded is not None and engine.local.loaded.model is model  # never unloaded
     assert run(engine, audio_path=str(speech_clip), max_new_tokens=2).metadata.model_precision == (
         "fp32"
     )
@@ -214,7 +214,7 @@ def test_a_bitsandbytes_shape_failure_is_a_specific_error(
     # What bitsandbytes' CPU 4-bit packing raised on layers narrower than its block (it packs on
     # the first forward on CPUs with AVX-512 BF16; claimed here so any CPU takes that path).
     monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", refuse)
-    for module in engine._loaded.model.modules():
+    for module in engine.local.loaded.model.modules():
         if isinstance(module, bnb_modules.Linear4bit):
             module.support_avx512bf16_for_cpu = True
     with pytest.raises(ModelUnavailable) as info:
@@ -234,7 +234,7 @@ def test_health_and_progress_say_which_precision_runs_and_which_was_asked(
 
     eng = Engine(Config(model_path=str(tiny_model), precision="fp16", offline=True))
     eng.warm_up()
-    assert eng._torch_ready.wait(120)
+    assert eng.local._torch_ready.wait(120)
     snap = eng.snapshot()
     assert (snap.precision, snap.requested_precision) == ("fp32", "fp16")
     messages: list[str] = []

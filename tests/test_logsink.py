@@ -97,7 +97,7 @@ def test_a_closed_reader_is_no_error() -> None:
 _WRITERS = r"""
 import ctypes, logging, os, subprocess, sys, threading, warnings
 proto = os.dup(1)
-from vibevoice_rpc.transport import claim_stdout
+from vibevoice_rpc.protocol.transport import claim_stdout
 from vibevoice_rpc.config import setup_logging
 from vibevoice_rpc import logsink
 claim_stdout()

@@ -638,7 +638,7 @@ def test_a_changed_runtime_under_a_published_version_is_refused(dist: Path, tmp_
 
 
 def test_the_parts_descriptor_names_match_the_engines() -> None:
-    split_bundle = importlib.import_module("vibevoice_rpc.split_bundle")
+    split_bundle = importlib.import_module("vibevoice_rpc.model.split_bundle")
     assert split_bundle.RUNTIME_DESCRIPTOR == parts.RUNTIME_DESCRIPTOR
     assert split_bundle.NEEDS_RUNTIME == parts.NEEDS_RUNTIME
 

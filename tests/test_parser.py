@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from vibevoice_rpc.language import detect_language
 from vibevoice_rpc.messages import Segment
-from vibevoice_rpc.parser import (
+from vibevoice_rpc.model.tiny import qwen_tokenizer_dir
+from vibevoice_rpc.transcription.language import detect_language
+from vibevoice_rpc.transcription.parser import (
     IncrementalParser,
     ParsedTranscript,
     normalize_segment,
     parse_transcript,
     speaker_label,
 )
-from vibevoice_rpc.repetition import RepetitionDetector
-from vibevoice_rpc.tiny import qwen_tokenizer_dir
+from vibevoice_rpc.transcription.repetition import RepetitionDetector
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -294,7 +294,7 @@ def test_speaker_labels(value: object, label: str) -> None:
     ],
 )
 def test_speaker_ids_outside_0_to_999_are_labels_not_numbers(value: object, label: str) -> None:
-    from vibevoice_rpc.parser import parse_speaker
+    from vibevoice_rpc.transcription.parser import parse_speaker
 
     got, number = parse_speaker(value)
     assert got == label and len(got) <= 40

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc import planner
+from vibevoice_rpc import limits
 from vibevoice_rpc.errors import ModelDoesNotFit
-from vibevoice_rpc.planner import (
+from vibevoice_rpc.messages import MemoryPlan
+from vibevoice_rpc.model import planner
+from vibevoice_rpc.model.planner import (
     bitsandbytes_skip_modules,
     count_parameters,
     kv_cache_bytes,
@@ -34,7 +36,7 @@ def cfg() -> Any:
     return config
 
 
-def gpu_plan(cfg: Any, precision: str, free_gib: float, **kw: Any) -> planner.Plan:
+def gpu_plan(cfg: Any, precision: str, free_gib: float, **kw: Any) -> MemoryPlan:
     free = int(free_gib * GIB)
     kw.setdefault("audio_seconds", None)
     return plan(cfg, precision, free_vram_bytes=free, total_vram_bytes=free, device="cuda", **kw)
@@ -157,12 +159,12 @@ def test_audio_tokens_are_7_5_per_second() -> None:
     hour = window_tokens(3600)
     assert hour.audio == 27000
     # An hour would ask for 12/s x 3600 + 256 new tokens; the 64 K context caps it.
-    assert hour.new == planner.MAX_CONTEXT_TOKENS - hour.prompt < 43200 + planner.OUTPUT_TOKENS_BASE
+    assert hour.new == limits.MODEL_CONTEXT_TOKENS - hour.prompt < 43200 + limits.OUTPUT_TOKENS_BASE
     assert hour.total == 65536  # exactly fills the 64 K context the model was trained for
     half = window_tokens(1800)
-    assert half.new == 1800 * 12 + planner.OUTPUT_TOKENS_BASE  # below the cap: the plain rate
+    assert half.new == 1800 * 12 + limits.OUTPUT_TOKENS_BASE  # below the cap: the plain rate
     assert window_tokens(3600, max_new_tokens=1000).new == 1000
-    assert window_tokens(60, output_tokens_per_second=20).new == 1200 + planner.OUTPUT_TOKENS_BASE
+    assert window_tokens(60, output_tokens_per_second=20).new == 1200 + limits.OUTPUT_TOKENS_BASE
 
 
 # --- auto on GPUs ----------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_auto_picks_the_best_precision_that_fits(cfg: Any, free_gib: float, expe
     assert p.requested == "auto"
     assert p.fits and not p.cpu_offload
     assert p.total_bytes <= free_gib * GIB
-    assert p.max_window_seconds >= planner.MIN_WINDOW_SECONDS
+    assert p.max_window_seconds >= limits.MIN_FITTING_WINDOW_SECONDS
     assert expected in p.fitting_modes
 
 
@@ -406,6 +408,6 @@ def test_bitsandbytes_skips_the_audio_side_and_lm_head() -> None:
 
 
 def test_importing_the_planner_does_not_import_torch() -> None:
-    code = "import sys, vibevoice_rpc.planner; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, vibevoice_rpc.model.planner; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["False", "False"]

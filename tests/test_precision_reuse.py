@@ -12,7 +12,7 @@ from vibevoice_rpc.config import Config
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.job import Job
 from vibevoice_rpc.messages import TranscribeParams
-from vibevoice_rpc.runtime import LocalRuntime
+from vibevoice_rpc.model.runtime import LocalRuntime
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -45,13 +45,13 @@ def test_a_request_for_the_precision_that_already_runs_on_the_cpu_does_not_reloa
     )
     engine.warm_up()
     assert "loading_model" in _stages(engine, speech_clip, None)  # fp16 asked, fp32 runs
-    loaded = engine._loaded
+    loaded = engine.local.loaded
     assert loaded is not None and (loaded.requested, loaded.precision) == ("fp16", "fp32")
     for precision in ("fp32", "auto", "fp16", None):
         assert "loading_model" not in _stages(engine, speech_clip, precision), precision
-        assert engine._loaded is loaded
+        assert engine.local.loaded is loaded
     assert runtime.loads == 1
     # Another precision still loads.
     assert "loading_model" in _stages(engine, speech_clip, "bf16")
-    assert runtime.loads == 2 and engine._loaded.precision == "bf16"
+    assert runtime.loads == 2 and engine.local.loaded.precision == "bf16"
     engine.unload(Job(None, "unload_model", None, None, None))

@@ -307,7 +307,7 @@ def test_a_bom_before_the_first_line_keeps_the_request_and_its_id():
 
 
 def test_a_line_of_exactly_the_limit_with_crlf_is_served_and_one_more_byte_is_sized_exactly():
-    from vibevoice_rpc.transport import DEFAULT_MAX_LINE_BYTES as limit
+    from vibevoice_rpc.protocol.transport import DEFAULT_MAX_LINE_BYTES as limit
 
     def line(id_: str, size: int) -> bytes:
         head = b'{"jsonrpc":"2.0","id":"%s","method":"health","params":{"pad":"' % id_.encode()

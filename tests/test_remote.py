@@ -15,15 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import soundfile as sf
 
 from vibevoice_rpc.config import Config, RemoteSettings
-from vibevoice_rpc.dispatcher import Job
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.errors import InvalidParams, RemoteError, RequestCancelled
 from vibevoice_rpc.messages import ReloadParams, TranscribeParams, TranscribeResult
+from vibevoice_rpc.protocol.dispatcher import Job
 
 from . import scripted
 from .fake_vllm import FakeVllm, Reply
@@ -314,15 +315,15 @@ def test_reload_switches_backends_and_keeps_the_old_one_when_the_server_is_down(
     with refused_url() as down, pytest.raises(RemoteError) as info:
         engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url=down), job)
     assert "the local model is kept" in info.value.message
-    assert engine.backend == "local" and engine.snapshot().model_loaded is True
+    assert engine.backend.name == "local" and engine.snapshot().model_loaded is True
     with pytest.raises(InvalidParams):
         engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url="ftp://x"), job)
 
     msg = engine.reload(ReloadParams(precision="fp32", backend="remote", remote_url=fake.url), job)
-    assert fake.url in msg.message and engine.backend == "remote"
+    assert fake.url in msg.message and engine.backend.name == "remote"
     snap = engine.snapshot()
-    assert snap.backend == "remote" and snap.remote["url"] == fake.url
-    assert snap.remote["reachable"] is True and engine._loaded is None  # the GPU is freed
+    assert snap.backend == "remote" and snap.remote is not None and snap.remote.url == fake.url
+    assert snap.remote.reachable is True and engine.local.loaded is None  # the GPU is freed
     assert run(engine, audio_path=str(speech_clip)).metadata.backend == "remote"
 
     engine.reload(ReloadParams(precision="fp32", backend="local"), job)
@@ -334,7 +335,7 @@ def test_remote_mode_never_imports_torch(fake: FakeVllm, speech_clip: Path, tmp_
     code = (
         "import sys\n"
         "from vibevoice_rpc.config import Config, RemoteSettings\n"
-        "from vibevoice_rpc.dispatcher import Job\n"
+        "from vibevoice_rpc.protocol.dispatcher import Job\n"
         "from vibevoice_rpc.engine import Engine\n"
         "from vibevoice_rpc.messages import TranscribeParams\n"
         f"e = Engine(Config(backend='remote', remote=RemoteSettings(url={fake.url!r})))\n"
@@ -385,7 +386,7 @@ def test_a_model_listing_of_the_wrong_shape_is_an_error_in_health_logged_once(
     body: Any, error: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FakeVllm(models_body=body) as fake, caplog.at_level(logging.WARNING):
-        client = engine_for(fake)._client()
+        client = engine_for(fake).backend.client
         for _ in range(3):  # as three health calls would, each after the last probe aged
             status = client.probe()
     assert status.reachable is True and status.models == [] and error in (status.error or "")
@@ -398,8 +399,8 @@ def test_health_shows_the_first_model_ids_and_a_count_of_a_long_listing() -> Non
     ids = [{"id": f"m{i}"} for i in range(20_000)] + [{"id": "vibevoice", "max_model_len": 1e308}]
     with FakeVllm(models_body={"object": "list", "data": ids}) as fake:
         engine = engine_for(fake)
-        engine._client().probe()
-        remote = engine.snapshot().remote
+        engine.backend.client.probe()
+        remote = msgspec.to_builtins(engine.snapshot().remote)  # what health carries
     assert remote is not None
     assert remote["models"] == [f"m{i}" for i in range(16)] and remote["models_count"] == 20_001
     assert remote["error"] is None and remote["max_model_len"] is None  # 1e308 is not believed
@@ -413,7 +414,7 @@ def test_health_never_fails_whatever_the_remote_client_does(fake: FakeVllm) -> N
         def refresh_in_background(self) -> None:
             raise RuntimeError("boom")
 
-    engine._remote_client = Broken()
+    engine.backend.client = Broken()
     snap = engine.snapshot()
     assert snap.model_loaded is False and snap.remote is not None
-    assert snap.remote["url"] == fake.url and "RuntimeError: boom" in snap.remote["error"]
+    assert snap.remote.url == fake.url and "RuntimeError: boom" in (snap.remote.error or "")

@@ -90,7 +90,7 @@ def test_an_endless_or_bombed_error_body_is_cut_and_the_connection_dropped(
 def test_an_endless_or_bombed_model_listing_is_refused_past_1_mib(kind: str) -> None:
     with FakeVllm() as fake:
         fake.hostile["/v1/models"] = Hostile(kind)
-        client = engine_for(fake)._client()
+        client = engine_for(fake).backend.client
         status = client.probe(timeout=30.0)
         fake.wait_for("/v1/models gone")
     assert status.reachable is True and status.models == []
@@ -102,7 +102,7 @@ def test_an_endless_or_bombed_model_listing_is_refused_past_1_mib(kind: str) -> 
 def test_an_endless_token_count_answer_falls_back_to_the_estimate() -> None:
     with FakeVllm() as fake:
         fake.hostile["/tokenize"] = Hostile("endless")
-        client = engine_for(fake)._client()
+        client = engine_for(fake).backend.client
         assert client.count_tokens("a b c d e f") == len(b"a b c d e f") // 3 + 1
         fake.wait_for("/tokenize gone")
 
@@ -128,7 +128,7 @@ def test_an_endless_event_line_is_refused_past_1_mib(speech_clip: Path) -> None:
 
 
 def test_a_gzip_body_is_decoded_in_bounded_steps_and_capped() -> None:
-    from vibevoice_rpc.remote_http import TooLarge, _Decoder
+    from vibevoice_rpc.remote.exchange import TooLarge, _Decoder
 
     bomb = gzip.compress(b" " * 50 * 2**20)  # 50 MiB in ~50 KB
     decoder = _Decoder("gzip", limit=2**20)
@@ -145,7 +145,7 @@ def test_a_gzip_body_is_decoded_in_bounded_steps_and_capped() -> None:
 
 
 def test_the_event_decoder_joins_split_lines_and_bounds_lines_and_events() -> None:
-    from vibevoice_rpc.remote_http import SseDecoder, TooLarge
+    from vibevoice_rpc.remote.exchange import SseDecoder, TooLarge
 
     decoder = SseDecoder(limit=64)
     events = []
@@ -160,13 +160,13 @@ def test_the_event_decoder_joins_split_lines_and_bounds_lines_and_events() -> No
 
 @pytest.mark.parametrize("value", ["-5", "nan", "inf", "-inf", "1e999", "soon", "", None])
 def test_a_retry_after_that_is_not_a_sane_number_counts_as_absent(value: str | None) -> None:
-    from vibevoice_rpc.remote_client import _backoff
+    from vibevoice_rpc.remote.client import _backoff
 
     assert _backoff(0, value) == 0.5 and _backoff(2, value) == 2.0
 
 
 def test_a_sane_retry_after_is_honoured_up_to_10_s() -> None:
-    from vibevoice_rpc.remote_client import _backoff
+    from vibevoice_rpc.remote.client import _backoff
 
     assert _backoff(0, "3") == 3.0 and _backoff(0, "0") == 0.0 and _backoff(0, "86400") == 10.0
     assert _backoff(0, "Wed, 21 Oct 2015 07:28:00 GMT") == 0.5  # a date in the past: absent
@@ -308,7 +308,7 @@ def test_cancel_ends_a_remote_job_that_is_still_connecting(speech_clip: Path) ->
 def test_an_error_body_at_one_byte_a_second_is_given_up_after_its_deadline(
     speech_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vibevoice_rpc.remote_client as remote_client
+    import vibevoice_rpc.remote.client as remote_client
 
     monkeypatch.setattr(remote_client, "ERROR_BODY_SECONDS", 1.0)
     with FakeVllm(replies=[Reply(hostile=Hostile("trickle", status=500, interval=0.2))]) as fake:
@@ -371,7 +371,7 @@ def test_a_trickling_listing_does_not_hold_reload_model() -> None:
                 ReloadParams(precision="fp32", backend="remote", remote_url=fake.url), job
             )
     assert info.value.data["kind"] == "remote_unreachable"
-    assert "no answer within 5 s" in info.value.message and engine.backend == "local"
+    assert "no answer within 5 s" in info.value.message and engine.backend.name == "local"
 
 
 def test_cancel_during_a_retry_back_off_is_a_cancel_not_a_server_error(speech_clip: Path) -> None:

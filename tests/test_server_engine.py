@@ -190,8 +190,8 @@ def test_library_prints_during_model_load_never_reach_stdout(
 def test_context_and_hotwords_beyond_their_limits_are_invalid_params(
     scripted_server: RpcProcess, speech_clip: Path
 ) -> None:
+    from vibevoice_rpc.limits import PROMPT_CONTEXT_TOKENS as MAX_CONTEXT_TOKENS
     from vibevoice_rpc.messages import MAX_CONTEXT_CHARS, MAX_HOTWORDS
-    from vibevoice_rpc.prompt import MAX_CONTEXT_TOKENS
 
     audio = str(speech_clip)
     p = scripted_server

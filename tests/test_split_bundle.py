@@ -1,4 +1,4 @@
-"""The engine half of a split bundle (vibevoice_rpc/split_bundle.py): finding the runtime part in
+"""The engine half of a split bundle (vibevoice_rpc/model/split_bundle.py): finding the runtime part in
 the app's layout, refusing a missing or mismatched one, and loading its libraries before torch.
 The frozen engine itself runs split in tests/test_module_package.py and CI (.ci/run)."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc import split_bundle as sb
+from vibevoice_rpc.model import split_bundle as sb
 
 FINGERPRINT = "ab" * 32
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc import tiny
-from vibevoice_rpc.parser import parse_transcript
+from vibevoice_rpc.model import tiny
+from vibevoice_rpc.transcription.parser import parse_transcript
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -211,7 +211,7 @@ def test_unknown_tokenizer_mode_is_rejected(tmp_path: Path) -> None:
 
 def test_importing_tiny_and_transcript_does_not_import_torch() -> None:
     code = (
-        "import sys, vibevoice_rpc.tiny, vibevoice_rpc.parser; "
+        "import sys, vibevoice_rpc.model.tiny, vibevoice_rpc.transcription.parser; "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vibevoice_rpc.tiny_answer import ANSWER_SEGMENTS
+from vibevoice_rpc.model.tiny_answer import ANSWER_SEGMENTS
 
 from .rpc_client import REPO, RpcProcess, server_env
 
@@ -29,7 +29,7 @@ FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenize
 @pytest.fixture(scope="module")
 def answer_model() -> Path:
     """The cached answering model, the one ``VIBEVOICE_MODEL_PATH=tiny`` loads."""
-    from vibevoice_rpc.tiny import tiny_model_dir
+    from vibevoice_rpc.model.tiny import tiny_model_dir
 
     return tiny_model_dir(answer=True)
 
@@ -73,7 +73,7 @@ def test_the_answering_model_builds_to_the_same_bytes_twice(
 ) -> None:
     """A fresh build in another process with two torch threads (this suite runs one) gives the
     same files as the cached model the server loads (built in a process with one thread)."""
-    code = "import sys, time\nfrom vibevoice_rpc.tiny import build_tiny_model\n"
+    code = "import sys, time\nfrom vibevoice_rpc.model.tiny import build_tiny_model\n"
     code += "t0 = time.process_time()\nbuild_tiny_model(sys.argv[1], answer=True)\n"
     code += "print(f'{time.process_time() - t0:.1f}')\n"
     env = dict(os.environ, OMP_NUM_THREADS="2")
@@ -91,7 +91,7 @@ def test_the_answering_model_builds_to_the_same_bytes_twice(
     )
     assert _digests(tmp_path / "again") == _digests(answer_model), (
         f"a fresh build differs from the cached {answer_model}: not deterministic, or the cache is "
-        "stale (bump _ANSWER_RECIPE_VERSION in vibevoice_rpc/tiny.py when the training changes)"
+        "stale (bump _ANSWER_RECIPE_VERSION in vibevoice_rpc/model/tiny.py when the training changes)"
     )
 
 
@@ -101,7 +101,7 @@ def test_the_random_tiny_model_is_unchanged_and_separate(
     """The tests' random model keeps its folder name, cache key and behaviour."""
     import json
 
-    from vibevoice_rpc import tiny
+    from vibevoice_rpc.model import tiny
 
     assert answer_model.name.startswith("vibevoice-rpc-tiny-trained-answer-")
     stamp = json.loads((answer_model / "tiny_model.json").read_text())
@@ -117,7 +117,7 @@ def test_the_random_tiny_model_is_unchanged_and_separate(
 def test_a_model_that_did_not_learn_the_answer_is_not_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vibevoice_rpc import tiny
+    from vibevoice_rpc.model import tiny
 
     monkeypatch.setattr(tiny, "teach_answer", lambda *a, **k: {"steps": 0.0, "loss": 9.9})
     with pytest.raises(RuntimeError, match="did not learn its answer"):
@@ -139,8 +139,8 @@ def _load(folder: Path) -> tuple[Any, Any]:
 def test_the_answer_holds_for_any_length_and_context_on_real_prompts(
     answer_model: Path, speech_clip: Path
 ) -> None:
-    from vibevoice_rpc.audio import load_audio
-    from vibevoice_rpc.tiny_answer import answer_failures, prompt_ids
+    from vibevoice_rpc.audio.decode import load_audio
+    from vibevoice_rpc.model.tiny_answer import answer_failures, prompt_ids
 
     model, processor = _load(answer_model)
     clip = load_audio(speech_clip, max_seconds=600, threads=1).samples
@@ -212,7 +212,7 @@ def test_short_audio_gets_the_segments_clamped_to_its_length(
 def test_the_answer_holds_for_an_hour_in_one_window(answer_model: Path) -> None:
     """60 min of audio is 27,000 audio tokens in one window (the training saw up to 200, with
     the attention mass of up to 200 times that simulated)."""
-    from vibevoice_rpc.tiny_answer import answer_failures
+    from vibevoice_rpc.model.tiny_answer import answer_failures
 
     model, processor = _load(answer_model)
     cases = [(np.zeros(24_000 * 3600, dtype=np.float32), None)]

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from vibevoice_rpc.transport import LineWriter, Oversized, find_top_level_id, iter_lines
+from vibevoice_rpc.protocol.transport import LineWriter, Oversized, find_top_level_id, iter_lines
 
 pytestmark = pytest.mark.timeout(30)
 

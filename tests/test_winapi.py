@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from vibevoice_rpc import server, transport, watchdog, winapi
+from vibevoice_rpc import watchdog, winapi
+from vibevoice_rpc.protocol import server, transport
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from vibevoice_rpc.windowing import (
+from vibevoice_rpc.transcription.windowing import (
     CUT_TOLERANCE_SECONDS,
     TimedSpeech,
     Window,

@@ -7,13 +7,13 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vibevoice_rpc.runtime import LocalRuntime
+    from vibevoice_rpc.model.runtime import LocalRuntime
 
 
 def main(runtime: LocalRuntime | None = None) -> None:
     """Run the command line and exit. ``runtime``: see :func:`vibevoice_rpc.cli.main`."""
     multiprocessing.freeze_support()  # first, before argument parsing (PyInstaller)
-    from vibevoice_rpc.split_bundle import install
+    from vibevoice_rpc.model.split_bundle import install
 
     install()  # the engine part of a split CUDA bundle: its libraries load before torch
     from vibevoice_rpc.cli import main as cli_main

@@ -12,7 +12,7 @@ from .config import Config, env_help, flag_help, setup_logging, warn_unknown_env
 from .messages import PRECISIONS
 
 if TYPE_CHECKING:
-    from .runtime import LocalRuntime
+    from .model.runtime import LocalRuntime
 
 __all__ = ["main", "build_parser"]
 
@@ -164,12 +164,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) -> int:
     """Run the command ``argv`` asks for. ``runtime`` loads and runs the local model (the default
-    :class:`~vibevoice_rpc.runtime.LocalRuntime` when None; tests pass a scripted one)."""
+    :class:`~vibevoice_rpc.model.runtime.LocalRuntime` when None; tests pass a scripted one)."""
     args = build_parser().parse_args(argv)
     _check_std_fds(args.command or "serve")
     config = _config(args)
     # Claim stdout before anything heavy is imported: library noise must never reach the channel.
-    from .transport import claim_stdout
+    from .protocol.transport import claim_stdout
 
     proto_fd = claim_stdout()
     command = args.command or "serve"
@@ -182,11 +182,15 @@ def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) 
     setup_logging(config.log_level, nonblocking=command == "serve")
     warn_unknown_env(os.environ)  # VIBEVOICE_PRECISON=int8 was silently ignored
     if command == "serve":
-        from .server import serve
+        # Everything the read loop needs is imported before `ready` (~20 ms): imported after it,
+        # a first `health` sent on `ready` waited for these imports and then for the warm-up
+        # threads. torch is imported later, on the engine's warm-up thread.
+        from .engine import Engine
+        from .protocol.server import serve
 
         parent = getattr(args, "parent_pid", None)
         config.parent_pid = os.getppid() if parent is None else (parent or None)
-        return serve(config, proto_fd, runtime=runtime)
+        return serve(config, proto_fd, Engine(config, runtime=runtime))
     if command == "transcribe":
         from .commands import run_transcribe
 

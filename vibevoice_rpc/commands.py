@@ -30,7 +30,7 @@ from .messages import ProgressParams, SegmentParams, TranscribeParams, Transcrib
 from .winapi import IS_WINDOWS, kernel32
 
 if TYPE_CHECKING:
-    from .runtime import LocalRuntime
+    from .model.runtime import LocalRuntime
 
 __all__ = ["run_transcribe", "run_selftest", "sample_audio_path"]
 
@@ -203,9 +203,9 @@ _REAL_FORMAT_SAMPLE = (
 
 def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None = None) -> int:
     """Run audio decode → model → parse → schema once, printing each stage and what it proves."""
-    from .audio import load_audio
+    from .audio.decode import load_audio
     from .engine import Engine
-    from .parser import parse_transcript
+    from .transcription.parser import parse_transcript
 
     out: list[str] = []
 
@@ -232,12 +232,12 @@ def run_selftest(config: Config, proto_fd: int, *, runtime: LocalRuntime | None 
     )
 
     t0 = time.monotonic()
-    from .model_source import TINY, resolve_model_dir
-    from .tiny import ensure_tiny_model
+    from .checkpoint.source import is_tiny, resolve_model_dir
+    from .model.tiny import ensure_tiny_model
 
     answering = "the tiny model (same architecture, trained offline to give one fixed answer)"
     try:
-        if (config.model_path or "").strip().lower() == TINY:
+        if is_tiny(config.model_path):
             model_dir, built = ensure_tiny_model(answer=True)
             found = f"VIBEVOICE_MODEL_PATH=tiny: {'built' if built else 'reused'} {answering}"
         else:
@@ -317,7 +317,7 @@ _PASSED = {
 
 
 def _tiny_kind(model_dir: Path) -> str | None:
-    """``"answer"`` or ``"random"`` for a tiny model (:mod:`vibevoice_rpc.tiny`), else None."""
+    """``"answer"`` or ``"random"`` for a tiny model (:mod:`vibevoice_rpc.model.tiny`), else None."""
     try:
         stamp = json.loads((model_dir / "tiny_model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -328,7 +328,8 @@ def _tiny_kind(model_dir: Path) -> str | None:
 def run_download(config: Config, args: argparse.Namespace, proto_fd: int) -> int:
     """``vibevoice-rpc download [--model-id ID] [--revision REV] [--dir DIR]``: the checkpoint's
     path on stdout, progress on stderr; Ctrl-C stops and keeps what was fetched."""
-    from .download import download_model, quiet_hub
+    from .checkpoint.fetch import download_model
+    from .checkpoint.hub import quiet_hub
     from .messages import DownloadParams
 
     quiet_hub()

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from .limits import MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS
 from .logsink import LOG_DATEFMT, LOG_FORMAT
 from .messages import PRECISIONS
 
@@ -121,7 +122,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "VIBEVOICE_MAX_WINDOW_SECONDS",
-        3600.0,
+        MAX_WINDOW_SECONDS,
         "3600",
         "single-pass limit (at least 10); longer audio is split at quiet moments into "
         "overlapping windows (lower automatically when VRAM is small)",
@@ -188,7 +189,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS",
-        3600.0,
+        MAX_WINDOW_SECONDS,
         "3600",
         "longest window sent to the server (at most 3600)",
         "remote.max_audio_seconds",
@@ -374,7 +375,9 @@ class RemoteSettings:
     upload_timeout: float = 600.0
     # Total time of one window's answer, from the request sent to its last event.
     window_timeout: float = 7200.0
-    max_audio_seconds: float = 3600.0  # windows are at most this long (the server's limit)
+    max_audio_seconds: float = (
+        MAX_WINDOW_SECONDS  # windows are at most this long (the server's too)
+    )
     retries: int = 3  # for 429/502/503/504 and refused connections, with backoff
     fallback: str | None = None  # "local": run the local model when the server is unreachable
     # How a loop recovery try resumes: "restart" the window (any server), or continue a final
@@ -462,10 +465,6 @@ def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
-# Windows overlap by up to 10 s; shorter windows than this would be mostly overlap.
-MIN_WINDOW_SECONDS = 10.0
-
-
 def _is_exe(path: str) -> bool:
     return os.path.isfile(path) and (os.name == "nt" or os.access(path, os.X_OK))
 
@@ -513,7 +512,7 @@ class Config:
     allow_cpu_offload: bool = False
     log_level: str = "INFO"
     max_queue: int = 16
-    max_window_seconds: float = 3600.0
+    max_window_seconds: float = MAX_WINDOW_SECONDS
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
     # Threads for decoding long WAV/FLAC/Ogg in parallel parts; None: the CPUs, at most 4.
     audio_threads: int | None = None
@@ -614,7 +613,8 @@ def remote_from_env(env: Mapping[str, str]) -> RemoteSettings | None:
             upload_timeout=_env_float(env, "VIBEVOICE_REMOTE_UPLOAD_TIMEOUT", 600.0),
             window_timeout=_env_float(env, "VIBEVOICE_REMOTE_WINDOW_TIMEOUT", 7200.0),
             max_audio_seconds=min(
-                3600.0, _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", 3600.0)
+                MAX_WINDOW_SECONDS,
+                _env_float(env, "VIBEVOICE_REMOTE_MAX_AUDIO_SECONDS", MAX_WINDOW_SECONDS),
             ),
             retries=retries,
             fallback="local" if fallback == "local" else None,

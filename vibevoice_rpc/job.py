@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import msgspec
 
-from .errors import RequestCancelled
-from .messages import ProgressParams, Segment, SegmentParams
+from .errors import RequestCancelled, RpcError
+from .messages import DownloadProgress, ProgressParams, Segment, SegmentParams
 
-__all__ = ["Job", "HEARTBEAT_SECONDS", "MIN_PROGRESS_INTERVAL", "reason_words"]
+__all__ = ["Job", "Reply", "HEARTBEAT_SECONDS", "MIN_PROGRESS_INTERVAL", "reason_words"]
 
 HEARTBEAT_SECONDS = 0.9  # re-send the current progress when nothing was sent for this long
 MIN_PROGRESS_INTERVAL = 0.1  # at most ~10 progress notifications a second per job
@@ -32,6 +32,16 @@ def reason_words(reason: str | None) -> str:
     }.get(reason or "closed", reason or "the server is stopping")
 
 
+class Reply(Protocol):
+    """Where a job's one response goes: the dispatcher's, which a job does not name (the protocol
+    side is above it)."""
+
+    @property
+    def done(self) -> bool: ...
+    def result(self, value: msgspec.Struct | None) -> None: ...
+    def error(self, err: RpcError) -> None: ...
+
+
 class Job:
     """One unit of model work, and the engine's handle on it: progress, segments, cancel."""
 
@@ -39,9 +49,9 @@ class Job:
         self,
         id_: int | float | str | None,
         method: str,
-        params: Any,
-        reply: Any,  # the dispatcher's Reply (None for internal work such as a preload)
-        notify: Callable[[str, Any], None] | None,
+        params: msgspec.Struct | None,
+        reply: Reply | None,  # None for internal work such as a preload
+        notify: Callable[[str, msgspec.Struct], None] | None,
     ) -> None:
         self.id = id_
         self.method = method
@@ -56,7 +66,7 @@ class Job:
         self.message = ""
         self._last_emit = 0.0
         self._pending = False
-        self._download: Any = msgspec.UNSET
+        self._download: DownloadProgress | msgspec.UnsetType = msgspec.UNSET
         self._lock = threading.Lock()
 
     @property
@@ -84,7 +94,12 @@ class Job:
             raise self.cancelled_error()
 
     def report(
-        self, stage: str, progress: float, message: str = "", *, download: Any = None
+        self,
+        stage: str,
+        progress: float,
+        message: str = "",
+        *,
+        download: DownloadProgress | None = None,
     ) -> None:
         """Record progress. A new stage and a stage's completion (1.0) are sent at once; within a
         stage at most every 0.1 s otherwise, and progress never goes backwards within a stage.

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+from .limits import MAX_CONTEXT_CHARS, MAX_HOTWORD_CHARS, MAX_HOTWORDS
+
 __all__ = [
     "PRECISIONS",
     "Precision",
@@ -40,7 +42,7 @@ __all__ = [
 Precision = Literal["fp16", "bf16", "int8", "nf4", "fp32", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp16", "bf16", "int8", "nf4", "fp32", "auto")
 
-# health.gpu_probe: where gpu_available comes from (vibevoice_rpc.gpu explains each).
+# health.gpu_probe: where gpu_available comes from (vibevoice_rpc.model.gpu explains each).
 GpuProbeName = Literal["pending", "nvml", "torch", "none", "failed"]
 GPU_PROBES: tuple[str, ...] = get_args(GpuProbeName)
 
@@ -61,12 +63,9 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 Language = Annotated[
     str, msgspec.Meta(pattern=r"^(?:[Aa][Uu][Tt][Oo]|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)$")
 ]
-# Request limits on the prompt's inputs (the built context's token limit is prompt.MAX_CONTEXT_TOKENS).
-# Microsoft's examples use a handful of names and a sentence or two. Without limits a 100 KB context
-# took 22 s of prefill and a 1 MB one never finished.
-MAX_CONTEXT_CHARS = 2000
-MAX_HOTWORDS = 100
-MAX_HOTWORD_CHARS = 64
+# Request limits on the prompt's inputs (vibevoice_rpc.limits). Microsoft's examples use a handful of
+# names and a sentence or two. Without limits a 100 KB context took 22 s of prefill and a 1 MB one
+# never finished.
 Hotword = Annotated[str, msgspec.Meta(max_length=MAX_HOTWORD_CHARS)]
 Hotwords = Annotated[list[Hotword], msgspec.Meta(max_length=MAX_HOTWORDS)]
 Context = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT_CHARS)]
@@ -146,7 +145,7 @@ class Metadata(msgspec.Struct):
     windows: int = 1
     max_new_tokens: int = 0
     generated_tokens: int = 0
-    plan: dict[str, Any] | None = None
+    plan: MemoryPlan | None = None
 
 
 class TranscribeResult(msgspec.Struct):
@@ -175,6 +174,57 @@ class GpuFacts(msgspec.Struct, frozen=True):
     vram_total_mb: int | None = None
 
 
+class RemoteHealth(msgspec.Struct, frozen=True):
+    """health's ``remote`` object: the server from its last probe (never waited for), and the
+    settings in use. ``url`` never carries credentials or a query."""
+
+    url: str | None
+    reachable: bool | None = None  # None: not probed yet
+    models: list[str] = msgspec.field(default_factory=list)  # the first 16 ids
+    models_count: int = 0
+    max_model_len: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    checked_s_ago: float | None = None
+    model: str | None = None
+    dialect: str | None = None
+    fallback: str | None = None
+
+
+class MemoryPlan(msgspec.Struct, frozen=True):
+    """What a precision needs on a device and whether it fits (the VRAM planner's answer): the
+    loader follows it, health and ``metadata.plan`` show it."""
+
+    precision: str  # resolved, never "auto"
+    requested: str
+    device: str
+    lm_dtype: str  # dtype of the language model's unquantized parts and of its compute
+    encoder_dtype: str  # "fp32" | "bf16" | "fp16" (audio encoders and projector)
+    encoders_on_cpu_between_jobs: bool
+    encoder_chunk_samples: int  # config.acoustic_tokenizer_chunk_size is set to this
+    weights_bytes: dict[str, int]  # per group, "total", and "resident" (on the device between jobs)
+    window_seconds: float  # the audio window the byte figures below are for
+    tokens: dict[str, int]
+    kv_cache_bytes: int
+    activation_margin_bytes: int  # peak working memory beyond resident weights and the KV cache
+    phase_bytes: dict[str, int]  # peak while encoding audio, and while prefilling/decoding
+    total_bytes: int  # the peak of the two phases
+    free_vram_bytes: int | None
+    total_vram_bytes: int | None
+    fits: bool
+    cpu_offload: bool
+    fitting_modes: list[str]
+    max_window_seconds: float  # longest audio window that fits with this mode (<= an hour)
+    notes: list[str]
+    # With CPU offload: the most the loader may put on the GPU (accelerate's ``max_memory``).
+    offload_max_memory_bytes: int | None
+    summary: str  # one line: the mode, its peak, the free VRAM, the longest window
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (what health and the metadata carry)."""
+        return msgspec.to_builtins(self)
+
+
 class EngineStatus(msgspec.Struct, frozen=True):
     """The engine's part of ``health`` (``Engine.snapshot``), read on the reader thread."""
 
@@ -186,9 +236,9 @@ class EngineStatus(msgspec.Struct, frozen=True):
     model: str
     requested_precision: str | None = None
     last_error: str | None = None
-    plan: dict[str, Any] | None = None
+    plan: MemoryPlan | None = None
     backend: str = "local"
-    remote: dict[str, Any] | None = None
+    remote: RemoteHealth | None = None
 
 
 class HealthResult(msgspec.Struct):
@@ -211,9 +261,9 @@ class HealthResult(msgspec.Struct):
     pid: int
     uptime_s: float
     last_error: str | None = None
-    plan: dict[str, Any] | None = None
+    plan: MemoryPlan | None = None
     backend: str = "local"
-    remote: dict[str, Any] | None = None
+    remote: RemoteHealth | None = None
     requested_precision: str | None = None
     gpu_name: str | None = None
     gpu_driver: str | None = None
@@ -248,6 +298,19 @@ class DownloadResult(msgspec.Struct):
     message: str
 
 
+class DownloadProgress(msgspec.Struct, frozen=True):
+    """A running download: ``progress.download`` (stage ``downloading``) and
+    ``model_status.downloading``."""
+
+    bytes_done: int
+    bytes_total: int
+    file: str  # the file being fetched
+    file_index: int  # its place in the listing, from 1
+    files: int
+    speed_bps: int  # smoothed over the last few seconds (0 while stalled)
+    eta_s: float | None  # None until there is a speed
+
+
 class ModelStatusResult(msgspec.Struct):
     present: bool  # a usable checkpoint (config.json + safetensors) is on disk
     path: str | None  # where it is (or where a download will go)
@@ -262,7 +325,7 @@ class ModelStatusResult(msgspec.Struct):
     missing: list[str] | None  # files not yet complete, when a listing is known
     target_dir: str
     free_bytes: int | None  # free space at target_dir (or its nearest existing parent)
-    downloading: dict[str, Any] | None = None
+    downloading: DownloadProgress | None = None
     message: str = ""
 
 
@@ -280,8 +343,7 @@ class ProgressParams(msgspec.Struct):
     stage: str
     progress: float
     message: str
-    # stage "downloading" only: bytes_done, bytes_total, file, file_index, files, speed_bps, eta_s
-    download: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    download: DownloadProgress | msgspec.UnsetType = msgspec.UNSET  # stage "downloading" only
 
 
 class SegmentParams(msgspec.Struct):

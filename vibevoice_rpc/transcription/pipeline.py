@@ -1,0 +1,255 @@
+"""A whole transcription: windows over the audio, streamed segments with global speaker labels, metadata."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidParams
+from ..limits import PROMPT_CONTEXT_TOKENS, SAMPLE_RATE, WINDOW_OVERLAP_SECONDS
+from ..messages import Metadata, Segment, TranscribeParams, TranscribeResult
+from .prompt import build_context
+from .windowing import (
+    TimedSpeech,
+    Window,
+    keeps_segment,
+    link_speakers,
+    plan_windows,
+    quiet_split_points,
+)
+
+if TYPE_CHECKING:
+    from ..audio.decode import DecodedAudio
+    from ..job import Job
+    from .stream import Runner
+
+__all__ = ["transcribe_audio"]
+
+log = logging.getLogger(__name__)
+
+
+class _Stitcher:
+    """Turns each window's local segments into global ones, streaming them as soon as they are final.
+
+    Window 0's speaker ids are kept. A later window's segments are held back until the first one
+    after the split point arrives (or the window ends): by then the shared stretch is known, its
+    speakers are linked to the previous window's, and the held segments go out with global labels.
+    Only numbered speakers (``speaker_id``) are linked and renumbered, and only their speech
+    counts as talking; a segment without a number keeps the label the model gave it.
+    """
+
+    def __init__(self, job: Job, duration: float) -> None:
+        self.job = job
+        self.duration = duration
+        self.notes: list[str] = []
+        self._next_id = 0
+        self._window: Window | None = None
+        self._mapping: dict[int, int] | None = None
+        self._buffer: list[Segment] = []
+        self._speech: list[TimedSpeech] = []  # this window's segments, kept or not, global ids
+        self._previous: list[TimedSpeech] = []  # the same for the previous window
+        self._unlinked: set[int] = set()  # new global ids of this window not yet reported
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The global segments so far: the job's (one list, which cancel and errors carry too)."""
+        return self.job.segments
+
+    def start_window(self, window: Window) -> None:
+        self._window, self._buffer, self._unlinked = window, [], set()
+        self._previous, self._speech = self._speech, []
+        self._mapping = {} if window.index == 0 else None
+
+    def add(self, local: Segment) -> None:
+        window = self._window
+        assert window is not None
+        seg = Segment(
+            speaker=local.speaker,
+            start_time=round(min(self.duration, local.start_time + window.start), 3),
+            end_time=round(min(self.duration, local.end_time + window.start), 3),
+            text=local.text,
+            speaker_id=local.speaker_id,
+            non_speech=local.non_speech,
+        )
+        if self._mapping is None:
+            self._buffer.append(seg)
+            if seg.start_time >= window.core_start:
+                self._link()
+            return
+        self._emit(seg)
+
+    def end_window(self) -> None:
+        if self._mapping is None:
+            self._link()
+
+    def _link(self) -> None:
+        window = self._window
+        assert window is not None
+        shared = (window.start, window.core_start)
+        previous = [t for t in self._previous if t.end > window.start]
+        current = [
+            TimedSpeech(s.speaker_id, s.start_time, s.end_time)
+            for s in self._buffer
+            if s.speaker_id is not None and not s.non_speech
+        ]
+        before = self._next_id
+        self._mapping, notes = link_speakers(previous, current, shared, self._next_id)
+        self.notes.extend(notes)
+        self._unlinked = {glob for glob in self._mapping.values() if glob >= before}
+        buffered, self._buffer = self._buffer, []
+        for seg in buffered:
+            self._emit(seg)
+
+    def _emit(self, seg: Segment) -> None:
+        window = self._window
+        assert window is not None and self._mapping is not None
+        glob = self._global_id(seg.speaker_id) if seg.speaker_id is not None else None
+        if glob is not None and not seg.non_speech:
+            self._speech.append(TimedSpeech(glob, seg.start_time, seg.end_time))
+        if not keeps_segment(window, seg.start_time, seg.end_time):
+            return  # the neighbouring window has it whole
+        if glob is not None and glob in self._unlinked and self.segments:
+            self._unlinked.discard(glob)
+            self.notes.append(
+                f"speaker link uncertain: Speaker_{glob}, first heard at {seg.start_time:.1f} s "
+                f"(window {window.index + 1}), did not talk in the stretch shared with the "
+                "previous window; it may be an earlier speaker under a new label"
+            )
+        label = f"Speaker_{glob}" if glob is not None else seg.speaker
+        final = Segment(
+            label,
+            seg.start_time,
+            seg.end_time,
+            seg.text,
+            speaker_id=glob,
+            non_speech=seg.non_speech,
+        )
+        self.job.add_segment(final)
+        if self.duration > 0:
+            self.job.report("transcribing", final.end_time / self.duration)
+
+    def _global_id(self, local: int) -> int:
+        """The global number of this window's speaker ``local`` (a new one if not linked)."""
+        window = self._window
+        assert window is not None and self._mapping is not None
+        if local not in self._mapping:
+            self._mapping[local] = local if window.index == 0 else self._next_id
+            if window.index > 0:
+                self._unlinked.add(self._mapping[local])
+        glob = self._mapping[local]
+        self._next_id = max(self._next_id, glob + 1)
+        return glob
+
+
+def _check_context_tokens(runner: Runner, context: str | None) -> None:
+    """Refuse context/hotwords longer than the prompt has room for (before any audio is encoded)."""
+    if not context:
+        return
+    tokens = runner.count_tokens(context)
+    if tokens > PROMPT_CONTEXT_TOKENS:
+        raise InvalidParams(
+            f"context and hotwords are {tokens} tokens long; the prompt has room for "
+            f"{PROMPT_CONTEXT_TOKENS} (shorten them)",
+            kind="prompt_too_long",
+            tokens=tokens,
+            max_tokens=PROMPT_CONTEXT_TOKENS,
+        )
+
+
+def transcribe_audio(
+    runner: Runner,
+    audio: DecodedAudio,
+    params: TranscribeParams,
+    job: Job,
+    *,
+    started: float,
+    notes: Sequence[str] = (),
+) -> TranscribeResult:
+    """Run ``runner`` over ``audio`` (window by window when long) and build the app's result.
+
+    ``started``: the job's ``time.monotonic()`` before the audio was decoded (processing_time
+    counts from there); ``notes``: the engine's own warnings for this job (e.g. a remote fallback),
+    listed after the decoder's."""
+    from .language import detect_language
+    from .parser import count_speakers, spoken_text
+    from .stream import WindowRun
+
+    info = runner.info
+    duration = audio.duration
+    samples = audio.samples
+    context = build_context(params.hotwords, params.context)
+    _check_context_tokens(runner, context)
+
+    def splits(step: float) -> list[float]:
+        points = quiet_split_points(samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4))
+        return [p / SAMPLE_RATE for p in points]
+
+    windows = plan_windows(duration, info.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
+    stitcher = _Stitcher(job, duration)
+    warnings: list[str] = []
+    truncated = repetition = False
+    recoveries = 0
+    budget_left = params.max_new_tokens
+    generated = budget_total = 0
+    for window in windows:
+        job.check_cancelled()
+        stitcher.start_window(window)
+        lo, hi = round(window.start * SAMPLE_RATE), round(window.end * SAMPLE_RATE)
+        label = f" (window {window.index + 1}/{len(windows)})" if len(windows) > 1 else ""
+        run = WindowRun(
+            samples=samples[lo:hi],
+            duration=window.end - window.start,
+            prompt=context,
+            max_new_tokens=budget_left,
+            check_cancelled=job.check_cancelled,
+            is_cancelled=lambda: job.cancelled,
+            on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
+            on_first_token=lambda label=label, start=window.start: job.report(
+                "transcribing", start / duration if duration else 0.0, "transcribing" + label
+            ),
+            on_segment=stitcher.add,
+            park_encoders=info.park_encoders,
+            start=window.start,
+            on_upload=lambda p, label=label: job.report("uploading", p, "uploading audio" + label),
+        )
+        result = runner.run_window(run)
+        stitcher.end_window()
+        generated += result.generated_tokens
+        budget_total += result.max_new_tokens
+        if budget_left is not None:
+            budget_left = max(1, budget_left - result.generated_tokens)
+        job.check_cancelled()
+        truncated = truncated or result.parsed.truncated or result.budget_exhausted
+        repetition = repetition or result.repetition_stopped
+        recoveries += result.recoveries
+        warnings.extend(label.strip() + " " + w if label else w for w in result.warnings)
+        warnings.extend(result.parsed.warnings)
+    job.report("finalizing", 0.0, "finalizing")
+    segments = stitcher.segments
+    if params.language and params.language.lower() != "auto":
+        language = params.language
+    else:
+        language = detect_language(spoken_text(segments))
+    metadata = Metadata(
+        duration=round(duration, 3),
+        language=language,
+        processing_time=round(time.monotonic() - started, 3),
+        model_precision=info.precision,
+        num_speakers=count_speakers(segments),
+        device=info.device,
+        model=info.model,
+        truncated=truncated,
+        repetition_stopped=repetition,
+        loop_recoveries=recoveries,
+        backend=info.backend,
+        server=info.server,
+        warnings=[*audio.warnings, *notes, *warnings, *stitcher.notes],
+        windows=len(windows),
+        max_new_tokens=budget_total,
+        generated_tokens=generated,
+        plan=info.plan,
+    )
+    job.report("finalizing", 1.0, f"{len(segments)} segments")
+    return TranscribeResult(segments=segments, metadata=metadata)
