@@ -9,7 +9,7 @@ streamer, the stopping criteria, the parser. An optional per-step delay makes ge
 to cancel it, or to ask ``health`` while it runs.
 
 Test code only: never imported by the product. The product's seam is
-:class:`vibevoice_rpc.model.runtime.LocalRuntime`, which the engine takes as an argument:
+:class:`vibevoice_rpc.model.backend.LocalRuntime`, which the engine takes as an argument:
 :class:`ScriptedRuntime` is one, used in process (the ``script`` fixture of tests/conftest.py) and
 in a child process by ``tests/scripted_server.py`` (env ``VIBEVOICE_TEST_SCRIPT`` / …).
 """
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vibevoice_rpc.model.runtime import LocalRuntime
+from vibevoice_rpc.model.backend import LocalRuntime
 
 REAL_FORMAT_SEGMENTS: list[dict[str, Any]] = [
     {"Start": 0, "End": 2.4, "Speaker": 0, "Content": "Guten Morgen, Grüß Gott! 🎙"},

@@ -428,8 +428,8 @@ def test_no_cap_off_windows_or_without_room():
 
 
 def test_engine_caps_memory_after_a_cuda_load_only(monkeypatch):
+    from vibevoice_rpc.model.backend import LocalRuntime
     from vibevoice_rpc.model.loader import LoadedModel
-    from vibevoice_rpc.model.runtime import LocalRuntime
 
     capped: list[Any] = []
     monkeypatch.setattr(engine_mod, "cap_process_memory", lambda plan: capped.append(plan))

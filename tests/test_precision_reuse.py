@@ -12,7 +12,7 @@ from vibevoice_rpc.config import Config
 from vibevoice_rpc.engine import Engine
 from vibevoice_rpc.job import Job
 from vibevoice_rpc.messages import TranscribeParams
-from vibevoice_rpc.model.runtime import LocalRuntime
+from vibevoice_rpc.model.backend import LocalRuntime
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vibevoice_rpc.model.runtime import LocalRuntime
+    from vibevoice_rpc.model.backend import LocalRuntime
 
 
 def main(runtime: LocalRuntime | None = None) -> None:

@@ -12,7 +12,7 @@ from .config import Config, env_help, flag_help, setup_logging, warn_unknown_env
 from .messages import PRECISIONS
 
 if TYPE_CHECKING:
-    from .model.runtime import LocalRuntime
+    from .model.backend import LocalRuntime
 
 __all__ = ["main", "build_parser"]
 
@@ -164,7 +164,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None, *, runtime: LocalRuntime | None = None) -> int:
     """Run the command ``argv`` asks for. ``runtime`` loads and runs the local model (the default
-    :class:`~vibevoice_rpc.model.runtime.LocalRuntime` when None; tests pass a scripted one)."""
+    :class:`~vibevoice_rpc.model.backend.LocalRuntime` when None; tests pass a scripted one)."""
     args = build_parser().parse_args(argv)
     _check_std_fds(args.command or "serve")
     config = _config(args)

@@ -30,7 +30,7 @@ from .messages import ProgressParams, SegmentParams, TranscribeParams, Transcrib
 from .winapi import IS_WINDOWS, kernel32
 
 if TYPE_CHECKING:
-    from .model.runtime import LocalRuntime
+    from .model.backend import LocalRuntime
 
 __all__ = ["run_transcribe", "run_selftest", "sample_audio_path"]
 

@@ -8,6 +8,9 @@ below looks each name up in it, ``--help`` is generated from it (:func:`env_help
 :func:`unknown_env_warnings` warns about any other ``VIBEVOICE_*`` name at start (a typo such as
 ``VIBEVOICE_PRECISON`` was silently ignored). tests/test_config_errors.py checks that every name
 this module reads has a row, and that each row's default is what the reading gives.
+
+Why one file of ~650 lines: the table of every variable, the reading that uses it and the checks of
+each value must not drift apart (tests compare the table with ``--help`` and the README).
 """
 
 from __future__ import annotations

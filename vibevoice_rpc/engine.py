@@ -29,9 +29,8 @@ from .messages import (
     TranscribeParams,
     TranscribeResult,
 )
-from .model.backend import LocalBackend
+from .model.backend import LocalBackend, LocalRuntime
 from .model.gpu import GpuProbe
-from .model.runtime import LocalRuntime
 from .remote.backend import RemoteBackend, WithFallback, remote_settings
 
 __all__ = ["Engine"]

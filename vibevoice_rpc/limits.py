@@ -3,7 +3,8 @@ runners, the memory planner, the configuration) agrees on. Plain constants and o
 imports: the shared floor.
 
 VibeVoice-ASR hears 24 kHz mono audio as one token per 3,200 samples (7.5 tokens a second), was
-trained with a 64 K-token context and is built for up to an hour in one pass (FIELD-NOTES §1).
+trained with a 64 K-token context and is built for up to an hour in one pass (Microsoft's model
+card and vLLM plugin: ``--max-model-len 65536``; an hour is 27,000 audio tokens).
 """
 
 from __future__ import annotations

@@ -5,14 +5,14 @@ the file's extension, retries a file with huge sample values scaled down, and tu
 failures into one :class:`AudioDecodeError` that says what went wrong. The work lives next to it,
 one job per module:
 
-- :mod:`.audio_paths`: the path as given and the one to open; the file checks (``-32001``).
-- :mod:`.audio_soundfile`: libsndfile, in process, for WAV, FLAC, Ogg Vorbis/Opus, MP3 and
+- :mod:`.paths`: the path as given and the one to open; the file checks (``-32001``).
+- :mod:`.libsndfile`: libsndfile, in process, for WAV, FLAC, Ogg Vorbis/Opus, MP3 and
   libsndfile's other formats; long files in parallel parts.
-- :mod:`.audio_pyav`: PyAV (FFmpeg's libraries in its wheel), in process, for everything else
+- :mod:`.pyav`: PyAV (FFmpeg's libraries in its wheel), in process, for everything else
   (M4A/AAC, WebM, MP4/MKV audio, WMA, …) and when libsndfile cannot open a file.
-- :mod:`.audio_ffmpeg`: the ffmpeg program (:func:`find_ffmpeg`), only when PyAV is missing or
+- :mod:`.ffmpeg`: the ffmpeg program (:func:`find_ffmpeg`), only when PyAV is missing or
   failed.
-- :mod:`.audio_sink`: what they all feed: downmix → check → soxr → one output array, so the
+- :mod:`.sink`: what they all feed: downmix → check → soxr → one output array, so the
   output length is exact (``round(n_in * 24000 / source_rate)``); :class:`DecodedAudio`.
 
 Not pydub: it decodes a whole file into memory in one piece (peak memory several times the output
@@ -29,9 +29,8 @@ from collections.abc import Callable
 
 from ..config import DEFAULT_MAX_AUDIO_SECONDS
 from ..errors import AudioDecodeError
-from . import ffmpeg as audio_ffmpeg
-from . import libsndfile as audio_soundfile
-from . import pyav as audio_pyav
+from . import ffmpeg as ffmpeg_program
+from . import libsndfile, pyav
 from .ffmpeg import find_ffmpeg
 from .paths import PathArg, check_file, resolve_path
 from .sink import HUGE_SCALE, DecodedAudio, Huge, NotDecoded
@@ -133,7 +132,7 @@ def load_audio(
         return audio
     # The file may have vanished, emptied or become unreadable while we decoded: say that.
     check_file(full, shown)
-    in_process = audio_pyav.import_av() is not None
+    in_process = pyav.import_av() is not None
     raise _decode_failure(shown, ext, program is not None or in_process, failures, empty)
 
 
@@ -148,13 +147,11 @@ def _run_decoder(
     threads: int | None,
 ) -> DecodedAudio:
     if decoder == "soundfile":
-        return audio_soundfile.decode_soundfile(
-            full, shown, limit, check_cancel, scale, threads=threads
-        )
+        return libsndfile.decode_soundfile(full, shown, limit, check_cancel, scale, threads=threads)
     if decoder == "pyav":
-        return audio_pyav.decode_pyav(full, shown, limit, check_cancel, scale)
+        return pyav.decode_pyav(full, shown, limit, check_cancel, scale)
     assert ffmpeg is not None
-    return audio_ffmpeg.decode_ffmpeg(ffmpeg, full, shown, limit, check_cancel, scale)
+    return ffmpeg_program.decode_ffmpeg(ffmpeg, full, shown, limit, check_cancel, scale)
 
 
 def _decode_failure(

@@ -1,6 +1,6 @@
 """The pipeline every audio decoder feeds: downmix → check → resample → one output array.
 
-A decoder (:mod:`.audio_soundfile`, :mod:`.audio_pyav`, :mod:`.audio_ffmpeg`) delivers blocks at
+A decoder (:mod:`.libsndfile`, :mod:`.pyav`, :mod:`.ffmpeg`) delivers blocks at
 the source rate; :class:`Pipeline` averages the channels, checks the samples (NaN/inf, or finite but
 too large to square), resamples them with soxr to 24 kHz and collects them into one array, enforcing
 the duration limit per block before the block is kept. Sharing this is what makes every decoder give

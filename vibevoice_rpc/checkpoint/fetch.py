@@ -6,7 +6,7 @@ primitives (its HTTP session and model-info endpoint for the listing with sizes 
 ``hf_hub_url``, ``build_hf_headers``, ``http_stream_backoff``, ``hf_raise_for_status``), so
 ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME`` and ``HF_HUB_OFFLINE`` work as everywhere else. It does
 not call ``hf_hub_download`` itself: huggingface_hub 2.4 writes to a process-unique ``.incomplete``
-name that the next process never reuses (FIELD-NOTES §10), and reads 10 MiB per chunk, too coarse
+name that the next process never reuses (measured here; huggingface_hub PR #4228), and reads 10 MiB per chunk, too coarse
 for a cancel within 1 s on a slow line. Here each file goes to a stable partial name
 (``.vibevoice-download/<file>.<hash>.part``), resumed with ``Range`` by the next call or the next
 process; it is checked against the listing's size and hash (LFS sha256, else the git blob sha1)

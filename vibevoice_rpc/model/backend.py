@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,15 +29,15 @@ from ..errors import ModelUnavailable, OutOfMemory, RpcError, out_of_memory
 from ..messages import EngineStatus, GpuFacts, ReloadParams, StatusResult, TranscribeParams
 from .gpu import GpuProbe, cap_process_memory, torch_import_error
 from .loader import LoadSpec
-from .runtime import LocalRuntime
 
 if TYPE_CHECKING:
     from ..audio.sink import DecodedAudio
     from ..job import Job
     from ..messages import TranscribeResult
+    from ..transcription.stream import Runner, RunnerInfo
     from .loader import LoadedModel, Prepared
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "LocalRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,39 @@ def _free_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # pragma: no cover
         log.debug("empty_cache failed", exc_info=True)
+
+
+class LocalRuntime:
+    """What loads the model (:mod:`vibevoice_rpc.model.loader`) and what runs it over a window
+    (:class:`~vibevoice_rpc.model.runner.LocalRunner`): the seam of the local backend. The backend
+    never calls the loader or builds a runner itself, so a test (``tests/scripted.py``) plugs in by
+    passing a subclass (``Engine(config, runtime=…)``), not by patching module functions. torch and
+    transformers come in with the loader and the runner, at the first load."""
+
+    def prepare(self, precision: str, *, spec: LoadSpec, reclaimable_bytes: int = 0) -> Prepared:
+        """Find the checkpoint and plan the memory, before anything loaded is touched."""
+        from .loader import prepare_load
+
+        return prepare_load(precision, spec=spec, reclaimable_bytes=reclaimable_bytes)
+
+    def load(
+        self,
+        precision: str,
+        *,
+        spec: LoadSpec,
+        check_cancelled: Callable[[], None],
+        prepared: Prepared | None = None,
+    ) -> LoadedModel:
+        """Load the model and its processor (as ``prepared`` decided, else planned now)."""
+        from .loader import load_model
+
+        return load_model(precision, spec=spec, check_cancelled=check_cancelled, prepared=prepared)
+
+    def runner(self, loaded: LoadedModel, info: RunnerInfo) -> Runner:
+        """What runs ``loaded`` over one window at a time."""
+        from .runner import LocalRunner
+
+        return LocalRunner(loaded.model, loaded.processor, info)
 
 
 @dataclass(frozen=True)

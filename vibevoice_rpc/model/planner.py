@@ -9,6 +9,10 @@ fit (:class:`~vibevoice_rpc.errors.ModelDoesNotFit`, naming the modes that would
 longest audio window that fits. docs/MEMORY.md explains the model and lists the computed figures.
 
 torch and transformers are imported inside functions only: importing this module is cheap.
+
+Why one file of ~800 lines: counting parameters, sizing each phase of a window and choosing a mode
+share the private sizing model (``_Sizer``, ``_Mode``, ``_Need``); split, each half would reach into
+the other's internals.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ ENCODER_MODULES = (
     "semantic_tokenizer_encoder",
     "multi_modal_projector",
 )
-# The loadable precisions (messages.QUALITY_ORDER without "auto"), best first; the order of
+# The loadable precisions (messages.PRECISIONS without "auto"), best first; the order of
 # fitting_modes.
 QUALITY_ORDER = ("fp32", "bf16", "fp16", "int8", "nf4")
 AUTO_ORDER = ("bf16", "fp16", "int8", "nf4")  # auto on a GPU (fp32 doubles memory for no gain)

@@ -5,7 +5,7 @@ A random-weight model under greedy decoding loops on a token: its output is neve
 entropy, Adam written out here) so that ``generate(..., sample=False)`` on the real prompt — the
 checkpoint's chat template rendered by the processor, any duration, with or without context —
 writes :data:`ANSWER_TURN`: the real model's turn header, a two-speaker JSON segment list in the
-real output format (FIELD-NOTES §1/§9), ``<|im_end|>`` and the eos token. The answer is the same
+real output format (transformers' own fixtures of the real model, tests/data/transformers_vibevoice_asr/), ``<|im_end|>`` and the eos token. The answer is the same
 for every audio: its times fit the bundled 11.5 s clip and the engine clamps them to shorter audio.
 
 What it is trained on, and why:

@@ -1,4 +1,4 @@
-"""The remote backend: windows transcribed by a VibeVoice-ASR server on vLLM (OpenAI-compatible).
+"""The remote runner: windows transcribed by a VibeVoice-ASR server on vLLM (OpenAI-compatible).
 
 Microsoft's server (``vllm_plugin``, model name ``vibevoice``) takes ``POST /v1/chat/completions``
 with the audio as a base64 data URI and the whole instruction as text, and streams the answer as
