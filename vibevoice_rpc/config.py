@@ -32,6 +32,7 @@ from .messages import PRECISIONS
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LoadSpec",
     "Config",
     "DEFAULT_MAX_AUDIO_SECONDS",
     "DEFAULT_MODEL_ID",
@@ -358,6 +359,17 @@ def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float
 DIALECTS = ("official", "transformers")
 CONTINUATIONS = ("restart", "prefix")
 BACKENDS = ("local", "remote")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Which checkpoint the local model's load reads and how: everything but the precision, which
+    each request may choose (from :class:`Config`, then ``reload_model`` and ``download_model``)."""
+
+    model_path: str | None  # a folder, "tiny", or None: download_model's folder, then the HF cache
+    device_pref: str  # "auto", "cuda" or "cpu"
+    offline: bool
+    allow_cpu_offload: bool
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from .audio.decode import load_audio
 from .backend import Backend
 from .checkpoint.progress import ActiveDownloads
+from .checkpoint.status import model_status  # before `ready`: the reader thread answers it
 from .config import DEFAULT_MODEL_ID, Config, RemoteSettings
 from .job import Job
 from .messages import (
@@ -31,7 +32,9 @@ from .messages import (
 )
 from .model.backend import LocalBackend, LocalRuntime
 from .model.gpu import GpuProbe
-from .remote.backend import RemoteBackend, WithFallback, remote_settings
+
+if TYPE_CHECKING:
+    from .remote.backend import RemoteBackend
 
 __all__ = ["Engine"]
 
@@ -59,12 +62,16 @@ class Engine:
     def _configured_remote(self) -> Backend:
         """The server of ``VIBEVOICE_REMOTE_URL`` (probed in the background: health says whether
         it answers; the configuration was checked at start)."""
+        from .remote.backend import RemoteBackend  # the HTTP client: only for the remote backend
+
         settings = self._remote_settings
         assert settings is not None, "VIBEVOICE_BACKEND=remote without VIBEVOICE_REMOTE_URL"
         return self._compose(RemoteBackend(settings, self.config.max_window_seconds))
 
     def _compose(self, remote: RemoteBackend) -> Backend:
         """The server, with the local model behind it when ``VIBEVOICE_REMOTE_FALLBACK=local``."""
+        from .remote.backend import WithFallback
+
         if remote.settings.fallback == self.local.name:
             return WithFallback(remote, self.local)
         return remote
@@ -78,8 +85,6 @@ class Engine:
 
     def model_status(self, params: ModelStatusParams) -> ModelStatusResult:
         """What is on disk and what a download would fetch; from the disk alone, at once."""
-        from .checkpoint.status import model_status
-
         return model_status(
             params, self.local.spec.model_path, offline=self.config.offline, active=self.downloads
         )
@@ -117,6 +122,8 @@ class Engine:
     def _to_remote(self, params: ReloadParams, job: Job) -> StatusResult:
         """Switch to (or re-point) the remote backend: the server must answer first, else the
         backend in use is kept."""
+        from .remote.backend import RemoteBackend, remote_settings
+
         settings = remote_settings(self._remote_settings, params)
         remote = RemoteBackend.connect(
             settings, self.config.max_window_seconds, job, keeping=self.backend.label
@@ -155,6 +162,8 @@ class Engine:
     def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
         """Decode the audio, then let the backend in use transcribe it (one backend for the
         whole job, whatever a ``reload_model`` queued behind it will switch to)."""
+        from .audio.decode import load_audio  # numpy and the decoders: after `ready`
+
         started = time.monotonic()
         backend = self.backend
         backend.check_ready()  # e.g. no checkpoint: -32004 before decoding

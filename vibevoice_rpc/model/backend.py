@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ..config import DEFAULT_MODEL_ID, Config
+from ..config import DEFAULT_MODEL_ID, Config, LoadSpec
 from ..errors import ModelUnavailable, OutOfMemory, RpcError, out_of_memory
 from ..messages import EngineStatus, GpuFacts, ReloadParams, StatusResult, TranscribeParams
 from .gpu import GpuProbe, cap_process_memory, torch_import_error
-from .loader import LoadSpec
 
 if TYPE_CHECKING:
     from ..audio.sink import DecodedAudio

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint.source import is_tiny, resolve_model_dir
+from ..config import LoadSpec
 from ..errors import ModelUnavailable
 from ..limits import MAX_WINDOW_SECONDS
 from ..messages import MemoryPlan
 from .planner import ENCODER_MODULES
 
 __all__ = [
-    "LoadSpec",
     "Prepared",
     "LoadedModel",
     "prepare_load",
@@ -239,17 +239,6 @@ def _cpu_budget() -> int:
     except (AttributeError, ValueError, OSError):  # Windows has no sysconf
         return 64 * 2**30  # accelerate checks nothing here; the OS pages if it must
     return max(2**30, pages - 2 * 2**30)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """Which checkpoint a load reads and how: everything but the precision, which each request
-    may choose."""
-
-    model_path: str | None  # a folder, "tiny", or None: download_model's folder, then the HF cache
-    device_pref: str  # "auto", "cuda" or "cpu"
-    offline: bool
-    allow_cpu_offload: bool
 
 
 @dataclass(frozen=True)
