@@ -156,7 +156,8 @@ def _layout(model: Any) -> dict[str, Any]:
 def test_synthetic_build_is_what_the_engines_loader_makes(precision: str, tiny_model: Path) -> None:
     import torch
 
-    from vibevoice_rpc.config import LoadSpec, load_model
+    from vibevoice_rpc.config import LoadSpec
+    from vibevoice_rpc.model.loader import load_model
 
     config, generation, _processor, info = gpu.synthetic_source(tiny=True)
     assert info["config"].startswith("tiny")
