@@ -43,6 +43,9 @@ if str(REPO) not in sys.path:  # run as a script: ``python tests/frozen_smoke.py
 
 from tests.rpc_client import RpcProcess  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+import check_module  # noqa: E402  (the tiny model's recipe, shared)
+
 CLIP = REPO / "vibevoice_rpc" / "data" / "two_speakers.opus"
 CLIP_SECONDS = 11.5
 
@@ -51,7 +54,6 @@ HEALTH_TIMEOUT = 90.0  # health may wait for the one-time import of torch
 TRANSCRIBE_TIMEOUT = 300.0  # model load + 48 tokens of the tiny model on a busy CPU
 EXIT_TIMEOUT = 20.0  # shutdown -> process gone
 SELFTEST_TIMEOUT = 600.0
-TINY_BUILD_TIMEOUT = 600.0
 SPAWNS = 5
 
 
@@ -116,30 +118,12 @@ def resolve_exe(path: str, windows: bool = os.name == "nt") -> Path:
 
 
 def build_tiny_model() -> Path:
-    """The tiny model, built (or found in the cache) by the venv's Python from this checkout."""
-    code = (
-        "import sys\n"
-        "from vibevoice_rpc.model.tiny import tiny_model_dir\n"
-        "sys.stdout.write(str(tiny_model_dir()) + '\\n')\n"
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VIBEVOICE_OFFLINE="1")
+    """The tiny model, built (or found in the cache) by the venv's Python from this checkout: the
+    module check's recipe (scripts/check_module.py), failures as this script's."""
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=str(REPO),
-            env=env,
-            capture_output=True,
-            timeout=TINY_BUILD_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        fail(f"building the tiny model took longer than {TINY_BUILD_TIMEOUT:.0f} s")
-    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        fail(
-            f"building the tiny model failed (exit {proc.returncode}):\n"
-            + proc.stderr.decode("utf-8", "replace")[-3000:]
-        )
-    path = Path(lines[-1])
+        path = check_module.build_tiny_model()
+    except check_module.CheckFailure as exc:
+        fail(f"building the tiny model failed: {exc}")
     check((path / "config.json").is_file(), f"tiny model dir {path} has no config.json")
     return path
 
