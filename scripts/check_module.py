@@ -424,6 +424,12 @@ def _check_transcript(result: dict, precision: str) -> None:
     )
     got = meta.get("model_precision")
     check(got == precision, f"transcribed in {got!r}, not {precision}")
+    speech = meta.get("speech_seconds")
+    check(
+        meta.get("vad") is True and isinstance(speech, (int, float)) and speech > 1.0,
+        f"voice activity detection did not run in the engine: vad={meta.get('vad')!r}, "
+        f"speech_seconds={speech!r}, warnings={meta.get('warnings')!r}",
+    )
 
 
 def check_engine(

@@ -404,6 +404,14 @@ def check_result(result: Any, progress: list[dict[str, Any]]) -> None:
         f"metadata.model_precision {meta['model_precision']!r} != fp32",
     )
     check(meta["processing_time"] >= 0, f"metadata.processing_time {meta['processing_time']}")
+    # The voice activity detector ran on the bundled weights (a bundle without them would hear
+    # the whole file and say so in a warning).
+    speech = meta.get("speech_seconds")
+    check(
+        meta.get("vad") is True and isinstance(speech, (int, float)) and speech > 1.0,
+        f"voice activity detection did not run in the bundle: vad={meta.get('vad')!r}, "
+        f"speech_seconds={speech!r}, warnings={meta.get('warnings')!r}",
+    )
     check(progress, "no progress notification arrived before the transcribe result")
     for p in progress:
         check(

@@ -60,6 +60,7 @@ class ScriptedRuntime(LocalRuntime):
         on_step: Callable[[int], None] | None = None,
         retries: Sequence[str] | None = None,
         calls: list[dict[str, Any]] | None = None,
+        inputs: list[Any] | None = None,
     ) -> None:
         """Force ``script`` on every generation (and/or wait ``step_delay`` seconds per generated
         token). ``script`` may be a function of the window's audio duration in seconds, or a list
@@ -69,12 +70,14 @@ class ScriptedRuntime(LocalRuntime):
         recovery's continuations, forced after the prefix the engine passes; the last one
         repeats); without it every call replays ``script``. ``calls`` receives one dict per
         ``generate`` call: its try number in the window, the text the prompt ends with, and the
-        sampling arguments. ``on_step(step)`` is called before each generated token."""
+        sampling arguments. ``on_step(step)`` is called before each generated token. ``inputs``
+        receives each window's ``WindowRun`` as the runner got it: the samples the model hears."""
         self.script = script
         self.step_delay = step_delay
         self.on_step = on_step
         self.retries = list(retries) if retries else None
         self.calls = calls
+        self.inputs = inputs
 
     def clear(self) -> None:
         """Back to the tiny model's own output."""
@@ -101,6 +104,8 @@ class ScriptedRuntime(LocalRuntime):
             the script; everything else (encoding, prefill, streamer, stopping, parser) is real."""
 
             def run_window(self, run: Any) -> Any:
+                if scripted.inputs is not None:
+                    scripted.inputs.append(run)
                 self._duration = run.duration
                 self._tries = 0
                 return super().run_window(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_transcribe_a_file_to_srt(tmp_path: Path, tiny_model: Path, speech_clip:
 
     out = _run(["transcribe", str(speech_clip), "--format", "json"], env, SCRIPTED)
     assert out.returncode == 0 and '"status": "success"' in out.stdout
+    assert json.loads(out.stdout)["metadata"]["vad"] is True
+    out = _run(["transcribe", str(speech_clip), "--format", "json", "--no-vad"], env, SCRIPTED)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["metadata"]["vad"] is False
 
 
 def test_transcribe_a_missing_file_says_why_and_exits_1(tmp_path: Path, tiny_model: Path) -> None:
@@ -202,6 +207,7 @@ def test_transcribe_help_describes_each_option() -> None:
         "names and terms to recognise",
         "free text about the recording",
         "cap on generated tokens",
+        "feed the model the whole file (no voice activity detection)",
         "model precision: fp16, bf16, int8, nf4, fp32, auto",
     ):
         assert words in text, words

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vibevoice_rpc"
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 # The wings: one folder each. A new folder is placed here on purpose (and in ARCHITECTURE.md).
-WINGS = {"protocol", "audio", "transcription", "checkpoint", "model", "remote"}
+WINGS = {"protocol", "audio", "voice", "transcription", "checkpoint", "model", "remote"}
 # The top level: what people and the app start (may import anything), the engine with its
 # Backend protocol, and the shared floor (every other top-level module).
 ENTRY = {"__main__", "cli", "commands"}
@@ -21,11 +21,21 @@ ENGINE = {"engine", "backend"}
 MAY_IMPORT: dict[str, set[str]] = {
     "floor": {"floor"},
     "audio": {"floor"},
-    "transcription": {"floor", "audio"},
+    "voice": {"floor"},
+    "transcription": {"floor", "audio", "voice"},
     "checkpoint": {"floor"},
     "model": {"floor", "audio", "transcription", "checkpoint"},
     "remote": {"floor", "audio", "transcription"},
-    "engine": {"floor", "audio", "transcription", "checkpoint", "model", "remote", "engine"},
+    "engine": {
+        "floor",
+        "audio",
+        "voice",
+        "transcription",
+        "checkpoint",
+        "model",
+        "remote",
+        "engine",
+    },
     "protocol": {"floor"},
 }
 HEAVY = {"torch", "transformers", "accelerate", "bitsandbytes"}  # the model wing's alone

@@ -51,9 +51,9 @@ def test_a_changed_requirement_is_a_disagreement_even_if_the_pin_still_satisfies
 
 
 def test_a_new_requirement_missing_from_the_lock_is_named(project: dict) -> None:
-    project["dependencies"].append("silero-vad>=6")
+    project["dependencies"].append("pyannote-audio>=3")
     problems = lock.check(CPU, project)
-    assert any("lacks silero-vad" in p for p in problems), problems
+    assert any("lacks pyannote-audio" in p for p in problems), problems
 
 
 def test_a_pin_outside_the_range_is_named(tmp_path: Path) -> None:
@@ -81,9 +81,9 @@ def test_a_missing_lock_is_refused(tmp_path: Path) -> None:
 def test_check_command_exits_1_and_says_how_to_refresh(
     project: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    project["dependencies"].append("silero-vad>=6")
+    project["dependencies"].append("pyannote-audio>=3")
     monkeypatch.setattr(lock, "pyproject", lambda: {"project": project})
     assert lock.main(["--check", "--target", "cpu"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL: cpu.txt lacks silero-vad" in out
+    assert "FAIL: cpu.txt lacks pyannote-audio" in out
     assert "python scripts/lock.py" in out

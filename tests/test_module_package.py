@@ -40,10 +40,12 @@ posix_only = pytest.mark.skipif(os.name == "nt", reason="a POSIX script as the f
 
 # A stand-in for the engine: writes ready, transcribes (a result of the app's schema for the
 # bundled clip), answers shutdown and exits 0 — what check_module needs. BROKEN: as a bundle that
-# cannot load a model, it answers every transcribe with the -32004 the real engine gives.
+# cannot load a model, it answers every transcribe with the -32004 the real engine gives. NO_VAD:
+# as a bundle without the voice activity detector's weights, it hears the whole file and says so.
 FAKE_ENGINE = """#!@PYTHON@
 import json, os, sys
 BROKEN = @BROKEN@
+NO_VAD = @NO_VAD@
 def send(obj):
     print(json.dumps(obj), flush=True)
 send({"jsonrpc": "2.0", "method": "ready",
@@ -58,24 +60,28 @@ for line in sys.stdin:
     elif method == "transcribe":
         send({"jsonrpc": "2.0", "id": rid, "result": {"status": "success", "segments": [],
               "metadata": {"duration": 11.5, "language": "en", "processing_time": 0.1,
-                           "model_precision": "fp32", "num_speakers": 0}}})
+                           "model_precision": "fp32", "num_speakers": 0, "vad": not NO_VAD,
+                           "speech_seconds": None if NO_VAD else 10.2,
+                           "warnings": ["voice activity detection unavailable"] if NO_VAD
+                           else []}}})
     elif method == "shutdown":
         send({"jsonrpc": "2.0", "id": rid, "result": {"status": "ok"}})
         sys.exit(0)
 """
 
 
-def fake_engine(broken: bool = False) -> str:
+def fake_engine(broken: bool = False, no_vad: bool = False) -> str:
     return (
         FAKE_ENGINE.replace("@PYTHON@", sys.executable)
         .replace("@VERSION@", VERSION)
         .replace("@BROKEN@", str(broken))
+        .replace("@NO_VAD@", str(no_vad))
     )
 
 
-def fake_onedir(root: Path, broken: bool = False) -> Path:
+def fake_onedir(root: Path, broken: bool = False, no_vad: bool = False) -> Path:
     """A tree shaped like the Linux onedir bundle, with a runnable entrypoint (``broken``: one
-    that cannot transcribe)."""
+    that cannot transcribe; ``no_vad``: one whose voice activity detector did not run)."""
     dist = root / "vibevoice-rpc"
     internal = dist / "_internal"
     for rel, data in {
@@ -92,7 +98,7 @@ def fake_onedir(root: Path, broken: bool = False) -> Path:
     (internal / "torch/lib/libtorch_cpu.so").chmod(0o755)
     os.symlink("torch/lib/libc10.so", internal / "libc10.so")  # as PyInstaller 6 makes on Linux
     exe = dist / "vibevoice-rpc"
-    exe.write_text(fake_engine(broken), encoding="utf-8")
+    exe.write_text(fake_engine(broken, no_vad), encoding="utf-8")
     exe.chmod(0o755)
     return dist
 
@@ -313,6 +319,20 @@ def test_check_module_fails_a_bundle_that_cannot_load_a_model(
     out = capsys.readouterr().out
     assert out.startswith("FAIL: transcribe of the bundled clip: error")
     assert "-32004" in out and "Cannot load dependency data" in out
+
+
+@posix_only
+def test_check_module_fails_a_bundle_whose_voice_activity_detector_did_not_run(
+    tmp_path: Path, fake_tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The detector's weights are package data: a spec that left them out would still transcribe
+    # (the whole file, with a warning), so the check reads the metadata.
+    bundle = fake_onedir(tmp_path / "dist", no_vad=True)
+    pkg = build(bundle, tmp_path / "out")
+    args = [str(pkg.zip_path), str(pkg.index_path), "--tiny-model", str(fake_tiny)]
+    assert cm.main(args) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL: voice activity detection did not run in the engine: vad=False")
 
 
 def test_check_module_rejects_a_zip_that_does_not_match_its_index_entry(

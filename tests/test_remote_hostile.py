@@ -235,6 +235,8 @@ def test_cancel_ends_a_remote_job_in_every_phase_and_the_next_request_is_served(
     if phase == "tokenize":
         first["context"] = "Trispr"
     first["max_new_tokens"] = 777  # tells the first job's completion from the next one's
+    if phase == "upload":
+        first["vad"] = False  # the noise is the upload (the VAD would find no speech in it)
 
     def hang_first(body: dict[str, Any]) -> Hostile | None:
         # The token count (5 s) and the probe (2 s) have deadlines of their own: should the cancel
@@ -321,7 +323,7 @@ def test_an_error_body_at_one_byte_a_second_is_given_up_after_its_deadline(
 def test_a_server_that_never_reads_the_upload_times_out(noise_clip: Path) -> None:
     with FakeVllm(replies=[Reply(hostile=Hostile("never_read"))]) as fake:
         with pytest.raises(RemoteError) as info:
-            run(engine_for(fake, upload_timeout=1.0), audio_path=str(noise_clip))
+            run(engine_for(fake, upload_timeout=1.0), audio_path=str(noise_clip), vad=False)
     err = info.value
     assert (err.data["kind"], err.data["phase"], err.data["limit"]) == (
         "remote_timeout",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         TranscribeParams,
         TranscribeResult,
     )
+    from .transcription.speech import SpeechPlan
 
 __all__ = ["Backend"]
 
@@ -63,9 +64,11 @@ class Backend(Protocol):
         *,
         started: float,
         notes: Sequence[str] = (),
+        speech: SpeechPlan | None = None,
     ) -> TranscribeResult:
         """Transcribe decoded audio; ``started`` is the job's start (``processing_time``),
-        ``notes`` go to ``metadata.warnings``."""
+        ``notes`` go to ``metadata.warnings``, ``speech`` is what of the audio the model hears
+        (the engine's voice activity plan; None: all of it), passed on to the pipeline."""
 
     def close(self) -> None:
         """The process is about to exit."""

@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hotwords", nargs="*", default=[], help="names and terms to recognise")
     t.add_argument("--context", help="free text about the recording (one line per item)")
     t.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: scaled)")
+    t.add_argument(
+        "--no-vad",
+        action="store_true",
+        help="feed the model the whole file (no voice activity detection)",
+    )
     t.add_argument("-o", "--output", help="write the result here instead of stdout")
     _add_model_options(t, sub=True)
     s = sub.add_parser("selftest", help="run the whole pipeline once and report each stage")

@@ -168,6 +168,7 @@ def run_transcribe(
             hotwords=list(args.hotwords or []),
             context=args.context,
             max_new_tokens=args.max_new_tokens,
+            vad=False if args.no_vad else None,
         )
     except (msgspec.ValidationError, TypeError) as exc:
         sys.stderr.write(f"error: {exc}\n")

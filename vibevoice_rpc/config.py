@@ -56,6 +56,10 @@ DEFAULT_MODEL_ID = "microsoft/VibeVoice-ASR-HF"
 
 ENV_PREFIX = "VIBEVOICE_"
 DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600.0
+# Voice activity detection (transcription/speech.py): 1 s of audio is kept on each side of speech
+# and a 1 s pause replaces the rest of a gap, so a shorter threshold would save nothing.
+DEFAULT_VAD_MIN_SILENCE_SECONDS = 8.0
+MIN_VAD_SILENCE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,23 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "the CPUs, at most 4",
         "threads for decoding long WAV/FLAC/Opus in parallel parts (1: one pass)",
         "audio_threads",
+    ),
+    EnvVar(
+        "VIBEVOICE_VAD",
+        True,
+        "on",
+        "voice activity detection: long stretches without speech are not fed to the model and "
+        "a file without speech does not run it (0, false, no or off: feed everything; a request's "
+        "vad wins)",
+        "vad",
+    ),
+    EnvVar(
+        "VIBEVOICE_VAD_MIN_SILENCE_SECONDS",
+        DEFAULT_VAD_MIN_SILENCE_SECONDS,
+        "8",
+        f"a stretch without speech at least this long (at least {MIN_VAD_SILENCE_SECONDS:g}) is "
+        "left out, 1 s around speech kept; between two heard parts the model hears a 1 s pause",
+        "vad_min_silence_seconds",
     ),
     EnvVar(
         "VIBEVOICE_BACKEND",
@@ -334,6 +355,20 @@ def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
 
 def env_flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_switch(env: Mapping[str, str], name: str) -> bool:
+    """A setting that is on unless turned off: 1/true/yes/on or 0/false/no/off (else a stop)."""
+    raw = _raw(env, name).lower()
+    if not raw:
+        return bool(_value(name))
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SystemExit(
+        f"vibevoice-rpc: {name}={raw!r} is not one of 1, true, yes, on, 0, false, no, off"
+    )
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
@@ -536,6 +571,8 @@ class Config:
     parent_pid: int | None = None
     backend: str = "local"
     remote: RemoteSettings | None = None
+    vad: bool = True
+    vad_min_silence_seconds: float = DEFAULT_VAD_MIN_SILENCE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -581,6 +618,13 @@ class Config:
             # 0 only when unset (a value must be at least 1): the decoder's default
             audio_threads=_env_int(env, _name("VIBEVOICE_AUDIO_THREADS"), 0) or None,
             ffmpeg=_env_ffmpeg(env),
+            vad=_env_switch(env, "VIBEVOICE_VAD"),
+            vad_min_silence_seconds=_env_float(
+                env,
+                _name("VIBEVOICE_VAD_MIN_SILENCE_SECONDS"),
+                _value("VIBEVOICE_VAD_MIN_SILENCE_SECONDS"),
+                minimum=MIN_VAD_SILENCE_SECONDS,
+            ),
         )
 
 

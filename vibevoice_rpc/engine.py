@@ -160,9 +160,13 @@ class Engine:
         return result
 
     def transcribe(self, params: TranscribeParams, job: Job) -> TranscribeResult:
-        """Decode the audio, then let the backend in use transcribe it (one backend for the
-        whole job, whatever a ``reload_model`` queued behind it will switch to)."""
+        """Decode the audio, find its speech, then let the backend in use transcribe what the
+        model should hear (one backend for the whole job, whatever a ``reload_model`` queued
+        behind it will switch to). Audio without speech is answered here: no model is loaded,
+        no server asked."""
         from .audio.decode import load_audio  # numpy and the decoders: after `ready`
+        from .transcription.pipeline import no_speech_result
+        from .transcription.speech import SpeechSettings, plan_speech
 
         started = time.monotonic()
         backend = self.backend
@@ -176,7 +180,21 @@ class Engine:
             check_cancel=job.check_cancelled,
         )
         job.report("loading_audio", 1.0, f"decoded {audio.duration:.1f} s of audio")
-        return backend.transcribe(audio, params, job, started=started)
+        settings = SpeechSettings(
+            enabled=self.config.vad if params.vad is None else params.vad,
+            min_silence=self.config.vad_min_silence_seconds,
+        )
+        speech = plan_speech(audio.samples, settings, check_cancelled=job.check_cancelled)
+        if speech.speech_seconds is not None:
+            job.report(
+                "loading_audio",
+                1.0,
+                f"{speech.speech_seconds:.1f} s of speech in {audio.duration:.1f} s of audio",
+            )
+        if speech.no_speech:
+            status = backend.status(self.gpu.facts())
+            return no_speech_result(audio, params, speech, status, started=started)
+        return backend.transcribe(audio, params, job, started=started, speech=speech)
 
     def close(self) -> None:
         """The process exits right after: the OS frees the model's memory."""

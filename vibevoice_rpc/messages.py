@@ -23,6 +23,7 @@ __all__ = [
     "EmptyParams",
     "CancelParams",
     "Segment",
+    "SkippedAudio",
     "Metadata",
     "TranscribeResult",
     "StatusResult",
@@ -84,6 +85,7 @@ class TranscribeParams(msgspec.Struct, frozen=True):
     hotwords: Hotwords = []
     context: Context | None = None
     max_new_tokens: PositiveInt | None = None
+    vad: bool | None = None  # voice activity detection; None: the configured (VIBEVOICE_VAD)
 
 
 class ReloadParams(msgspec.Struct, frozen=True):
@@ -128,6 +130,15 @@ class Segment(msgspec.Struct, frozen=True):
     non_speech: bool = False
 
 
+class SkippedAudio(msgspec.Struct, frozen=True):
+    """A stretch of the file the model did not hear (no speech for at least
+    ``VIBEVOICE_VAD_MIN_SILENCE_SECONDS``), in seconds of the file. Between two heard parts the
+    model heard a 1 s pause in its place."""
+
+    start: float
+    end: float
+
+
 class Metadata(msgspec.Struct):
     duration: float
     language: str
@@ -146,6 +157,13 @@ class Metadata(msgspec.Struct):
     max_new_tokens: int = 0
     generated_tokens: int = 0
     plan: MemoryPlan | None = None
+    # What the model heard (voice activity detection; docs/AUDIO.md): whether the VAD ran, the
+    # seconds of speech it found (None without it), the seconds the model was fed, and what of
+    # the file it did not hear. Segment times are always the file's.
+    vad: bool = False
+    speech_seconds: float | None = None
+    model_input_seconds: float | None = None
+    skipped: list[SkippedAudio] = []
 
 
 class TranscribeResult(msgspec.Struct):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..audio.sink import DecodedAudio
     from ..job import Job
     from ..messages import TranscribeResult
+    from ..transcription.speech import SpeechPlan
     from ..transcription.stream import Runner, RunnerInfo
     from .loader import LoadedModel, Prepared
 
@@ -466,6 +467,7 @@ class LocalBackend:
         *,
         started: float,
         notes: Sequence[str] = (),
+        speech: SpeechPlan | None = None,
     ) -> TranscribeResult:
         """Transcribe decoded ``audio`` with the model, loading it first when needed (the
         request's precision, else the loaded one's, else the configured one)."""
@@ -485,7 +487,9 @@ class LocalBackend:
                 park_encoders=loaded.parked,
             )
             runner = self.runtime.runner(loaded, info)
-            return transcribe_audio(runner, audio, params, job, started=started, notes=notes)
+            return transcribe_audio(
+                runner, audio, params, job, started=started, notes=notes, speech=speech
+            )
         except RpcError:
             raise
         except Exception as exc:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..audio.sink import DecodedAudio
     from ..job import Job
     from ..messages import TranscribeParams, TranscribeResult
+    from ..transcription.speech import SpeechPlan
 
 __all__ = ["RemoteBackend", "WithFallback", "remote_settings"]
 
@@ -185,10 +186,11 @@ class RemoteBackend:
         *,
         started: float,
         notes: Sequence[str] = (),
+        speech: SpeechPlan | None = None,
     ) -> TranscribeResult:
         """Transcribe through the server. A failure carries the segments received so far."""
         try:
-            return _redacted(lambda: self._transcribe(audio, params, job, started, notes))
+            return _redacted(lambda: self._transcribe(audio, params, job, started, notes, speech))
         except RemoteError as err:
             err.extra.setdefault("segments", list(job.segments))
             raise
@@ -200,6 +202,7 @@ class RemoteBackend:
         job: Job,
         started: float,
         notes: Sequence[str],
+        speech: SpeechPlan | None,
     ) -> TranscribeResult:
         from ..transcription.pipeline import transcribe_audio
         from ..transcription.stream import RunnerInfo
@@ -223,7 +226,9 @@ class RemoteBackend:
         self.state = "busy"
         try:
             runner = RemoteRunner(client, info, lambda: job.cancelled, job.check_cancelled)
-            return transcribe_audio(runner, audio, params, job, started=started, notes=notes)
+            return transcribe_audio(
+                runner, audio, params, job, started=started, notes=notes, speech=speech
+            )
         finally:
             self.state = "idle"
 
@@ -237,6 +242,7 @@ class _Backend(Protocol):  # what WithFallback needs of the backend it falls bac
         *,
         started: float,
         notes: Sequence[str] = (),
+        speech: SpeechPlan | None = None,
     ) -> TranscribeResult: ...
 
 
@@ -287,14 +293,17 @@ class WithFallback:
         *,
         started: float,
         notes: Sequence[str] = (),
+        speech: SpeechPlan | None = None,
     ) -> TranscribeResult:
         try:
-            return self.remote.transcribe(audio, params, job, started=started, notes=notes)
+            return self.remote.transcribe(
+                audio, params, job, started=started, notes=notes, speech=speech
+            )
         except RemoteError as err:
             if err.kind not in _UNREACHABLE or job.segments:
                 raise
             log.warning("remote server unreachable; falling back to the local model")
             note = f"{err.message}; transcribed by the local model instead"
             return self.fallback.transcribe(
-                audio, params, job, started=started, notes=[*notes, note]
+                audio, params, job, started=started, notes=[*notes, note], speech=speech
             )

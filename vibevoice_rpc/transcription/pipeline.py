@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParams
 from ..limits import PROMPT_CONTEXT_TOKENS, SAMPLE_RATE, WINDOW_OVERLAP_SECONDS
-from ..messages import Metadata, Segment, TranscribeParams, TranscribeResult
+from ..messages import Metadata, Segment, SkippedAudio, TranscribeParams, TranscribeResult
 from .prompt import build_context
+from .speech import SpeechPlan
 from .windowing import (
     TimedSpeech,
     Window,
@@ -23,9 +24,15 @@ from .windowing import (
 if TYPE_CHECKING:
     from ..audio.decode import DecodedAudio
     from ..job import Job
+    from ..messages import EngineStatus
     from .stream import Runner
 
-__all__ = ["transcribe_audio"]
+__all__ = ["transcribe_audio", "no_speech_result", "NO_SPEECH_WARNING"]
+
+NO_SPEECH_WARNING = (
+    "no speech found (voice activity detection): the model was not run; send vad: false to "
+    "transcribe the audio anyway"
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,11 @@ class _Stitcher:
     counts as talking; a segment without a number keeps the label the model gave it.
     """
 
-    def __init__(self, job: Job, duration: float) -> None:
+    def __init__(self, job: Job, duration: float, plan: SpeechPlan, file_duration: float) -> None:
         self.job = job
-        self.duration = duration
+        self.duration = duration  # of the model's input, whose times the windows and links use
+        self.plan = plan  # what maps them to the file's, as each segment goes out
+        self.file_duration = file_duration
         self.notes: list[str] = []
         self._next_id = 0
         self._window: Window | None = None
@@ -65,10 +74,10 @@ class _Stitcher:
     def add(self, local: Segment) -> None:
         window = self._window
         assert window is not None
-        seg = Segment(
+        seg = Segment(  # in the model's input, unrounded: mapped to the file and rounded at _emit
             speaker=local.speaker,
-            start_time=round(min(self.duration, local.start_time + window.start), 3),
-            end_time=round(min(self.duration, local.end_time + window.start), 3),
+            start_time=min(self.duration, local.start_time + window.start),
+            end_time=min(self.duration, local.end_time + window.start),
             text=local.text,
             speaker_id=local.speaker_id,
             non_speech=local.non_speech,
@@ -110,25 +119,27 @@ class _Stitcher:
             self._speech.append(TimedSpeech(glob, seg.start_time, seg.end_time))
         if not keeps_segment(window, seg.start_time, seg.end_time):
             return  # the neighbouring window has it whole
+        start, end = self.plan.to_file(seg.start_time, seg.end_time)
+        start, end = round(start, 3), round(end, 3)
         if glob is not None and glob in self._unlinked and self.segments:
             self._unlinked.discard(glob)
             self.notes.append(
-                f"speaker link uncertain: Speaker_{glob}, first heard at {seg.start_time:.1f} s "
+                f"speaker link uncertain: Speaker_{glob}, first heard at {start:.1f} s "
                 f"(window {window.index + 1}), did not talk in the stretch shared with the "
                 "previous window; it may be an earlier speaker under a new label"
             )
         label = f"Speaker_{glob}" if glob is not None else seg.speaker
         final = Segment(
             label,
-            seg.start_time,
-            seg.end_time,
+            start,
+            end,
             seg.text,
             speaker_id=glob,
             non_speech=seg.non_speech,
         )
         self.job.add_segment(final)
-        if self.duration > 0:
-            self.job.report("transcribing", final.end_time / self.duration)
+        if self.file_duration > 0:
+            self.job.report("transcribing", final.end_time / self.file_duration)
 
     def _global_id(self, local: int) -> int:
         """The global number of this window's speaker ``local`` (a new one if not linked)."""
@@ -166,28 +177,35 @@ def transcribe_audio(
     *,
     started: float,
     notes: Sequence[str] = (),
+    speech: SpeechPlan | None = None,
 ) -> TranscribeResult:
     """Run ``runner`` over ``audio`` (window by window when long) and build the app's result.
 
     ``started``: the job's ``time.monotonic()`` before the audio was decoded (processing_time
     counts from there); ``notes``: the engine's own warnings for this job (e.g. a remote fallback),
-    listed after the decoder's."""
+    listed after the decoder's; ``speech``: what of the audio the model hears (the voice activity
+    detector's plan, :mod:`.speech`; None: all of it). Windows, prompts and speaker links work
+    in the model's input; each segment's times are mapped to the file's as it goes out."""
     from .language import detect_language
     from .parser import count_speakers, spoken_text
     from .stream import WindowRun
 
     info = runner.info
-    duration = audio.duration
-    samples = audio.samples
+    plan = speech if speech is not None else SpeechPlan.whole(len(audio.samples))
+    samples = plan.model_samples(audio.samples)
+    duration = len(samples) / SAMPLE_RATE  # what the model hears (audio.duration without the VAD)
+    pauses = plan.input_pauses()
     context = build_context(params.hotwords, params.context)
     _check_context_tokens(runner, context)
 
     def splits(step: float) -> list[float]:
-        points = quiet_split_points(samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4))
+        points = quiet_split_points(
+            samples, SAMPLE_RATE, step, search_seconds=min(30.0, step / 4), pauses=pauses
+        )
         return [p / SAMPLE_RATE for p in points]
 
     windows = plan_windows(duration, info.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
-    stitcher = _Stitcher(job, duration)
+    stitcher = _Stitcher(job, duration, plan, audio.duration)
     warnings: list[str] = []
     truncated = repetition = False
     recoveries = 0
@@ -207,12 +225,15 @@ def transcribe_audio(
             is_cancelled=lambda: job.cancelled,
             on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
             on_first_token=lambda label=label, start=window.start: job.report(
-                "transcribing", start / duration if duration else 0.0, "transcribing" + label
+                "transcribing",
+                plan.to_file(start, start)[0] / audio.duration if audio.duration else 0.0,
+                "transcribing" + label,
             ),
             on_segment=stitcher.add,
             park_encoders=info.park_encoders,
             start=window.start,
             on_upload=lambda p, label=label: job.report("uploading", p, "uploading audio" + label),
+            to_file=lambda t: plan.to_file(t, t)[0],
         )
         result = runner.run_window(run)
         stitcher.end_window()
@@ -233,7 +254,7 @@ def transcribe_audio(
     else:
         language = detect_language(spoken_text(segments))
     metadata = Metadata(
-        duration=round(duration, 3),
+        duration=round(audio.duration, 3),
         language=language,
         processing_time=round(time.monotonic() - started, 3),
         model_precision=info.precision,
@@ -245,11 +266,65 @@ def transcribe_audio(
         loop_recoveries=recoveries,
         backend=info.backend,
         server=info.server,
-        warnings=[*audio.warnings, *notes, *warnings, *stitcher.notes],
+        warnings=[*audio.warnings, *notes, *_plan_notes(plan), *warnings, *stitcher.notes],
         windows=len(windows),
         max_new_tokens=budget_total,
         generated_tokens=generated,
         plan=info.plan,
+        **_speech_fields(plan),
     )
     job.report("finalizing", 1.0, f"{len(segments)} segments")
     return TranscribeResult(segments=segments, metadata=metadata)
+
+
+def _plan_notes(plan: SpeechPlan) -> list[str]:
+    return [plan.note] if plan.note else []
+
+
+def _speech_fields(plan: SpeechPlan) -> dict[str, Any]:
+    """The metadata of what the model heard: whether the VAD ran, the speech it found, the
+    seconds the model was fed and the stretches it was not."""
+    speech = plan.speech_seconds
+    return {
+        "vad": plan.vad,
+        "speech_seconds": None if speech is None else round(speech, 3),
+        "model_input_seconds": round(plan.input_length / SAMPLE_RATE, 3),
+        "skipped": [
+            SkippedAudio(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3))
+            for a, b in plan.skipped()
+        ],
+    }
+
+
+def no_speech_result(
+    audio: DecodedAudio,
+    params: TranscribeParams,
+    plan: SpeechPlan,
+    status: EngineStatus,
+    *,
+    started: float,
+    notes: Sequence[str] = (),
+) -> TranscribeResult:
+    """The result for audio in which the VAD found no speech: no segments, a warning, and the
+    metadata of the backend that would have run (``status``: nothing was loaded or asked)."""
+    from .language import UNKNOWN_LANGUAGE
+
+    if params.language and params.language.lower() != "auto":
+        language = params.language
+    else:
+        language = UNKNOWN_LANGUAGE
+    metadata = Metadata(
+        duration=round(audio.duration, 3),
+        language=language,
+        processing_time=round(time.monotonic() - started, 3),
+        model_precision=status.precision,
+        num_speakers=0,
+        device=status.device or "none",
+        model=status.model,
+        backend=status.backend,
+        server=status.remote.url if status.remote else None,
+        warnings=[*audio.warnings, *notes, NO_SPEECH_WARNING],
+        windows=0,
+        **_speech_fields(plan),
+    )
+    return TranscribeResult(segments=[], metadata=metadata)

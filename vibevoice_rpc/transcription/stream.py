@@ -62,8 +62,10 @@ class WindowRun:
     on_first_token: Callable[[], None]
     on_segment: Callable[[Segment], None]
     park_encoders: bool = False  # the plan keeps the audio encoders on the CPU between jobs
-    start: float = 0.0  # where the window starts in the whole audio (for messages)
+    start: float = 0.0  # where the window starts in the model's input (for messages)
     on_upload: Callable[[float], None] = lambda _progress: None  # a remote runner's upload
+    # the file's time of a time in the model's input (they differ where the VAD left a gap out)
+    to_file: Callable[[float], float] = lambda t: t
 
 
 @dataclass
@@ -263,7 +265,7 @@ def run_with_recovery(run: WindowRun, attempt: TryFn, *, continues: bool = True)
             prefix = cut
         else:
             carried = stream.segments
-        where = run.start + stream.kept_until
+        where = run.to_file(run.start + stream.kept_until)
         if tries == len(RECOVERY_TEMPERATURES):
             warnings.append(
                 f"generation was stuck repeating itself after {where:.1f} s and {tries} recovery "

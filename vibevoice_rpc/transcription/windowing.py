@@ -11,7 +11,7 @@ speaker ids are mapped onto window *k*'s by who is talking during the shared str
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,12 +154,15 @@ def quiet_split_points(
     search_seconds: float = 30.0,
     *,
     frame_seconds: float = 0.1,
+    pauses: Sequence[tuple[int, int]] = (),
 ) -> list[int]:
     """Interior sample indices that split ``samples`` into windows of at most ``window_seconds``.
 
-    Each split lies in the last ``search_seconds`` before its window's end, at the centre of the
-    quietest ``frame_seconds`` frame there (lowest RMS, stepped every 10 ms; ties go to the latest
-    frame, so windows stay long). Returns ``[]`` when the audio fits one window. Deterministic.
+    Each split lies in the last ``search_seconds`` before its window's end: in the middle of the
+    longest of ``pauses`` (sample ranges without speech, from the voice activity detector) there,
+    when one covers at least ``frame_seconds`` of it; else at the centre of the quietest
+    ``frame_seconds`` frame (lowest RMS, stepped every 10 ms; ties go to the latest frame, so
+    windows stay long). Returns ``[]`` when the audio fits one window. Deterministic.
     """
     n = len(samples)
     window = int(window_seconds * sample_rate)
@@ -175,12 +178,27 @@ def quiet_split_points(
     while n - start > window:
         end = start + window
         lo = end - search
-        region = np.asarray(samples[lo:end], dtype=np.float64)
-        energy = np.concatenate(([0.0], np.cumsum(region * region)))
-        offsets = np.arange(0, len(region) - frame + 1, hop)
-        sums = energy[offsets + frame] - energy[offsets]
-        best = offsets[len(sums) - 1 - int(np.argmin(sums[::-1]))]
-        split = lo + int(best) + frame // 2
+        split = _in_longest_pause(pauses, lo, end, frame)
+        if split is None:
+            region = np.asarray(samples[lo:end], dtype=np.float64)
+            energy = np.concatenate(([0.0], np.cumsum(region * region)))
+            offsets = np.arange(0, len(region) - frame + 1, hop)
+            sums = energy[offsets + frame] - energy[offsets]
+            best = offsets[len(sums) - 1 - int(np.argmin(sums[::-1]))]
+            split = lo + int(best) + frame // 2
         points.append(split)
         start = split
     return points
+
+
+def _in_longest_pause(
+    pauses: Sequence[tuple[int, int]], lo: int, hi: int, least: int
+) -> int | None:
+    """The middle of the longest part of ``pauses`` inside ``[lo, hi)`` (the latest of equals),
+    if it is at least ``least`` samples long."""
+    best: tuple[int, int] | None = None
+    for start, end in pauses:
+        a, b = max(start, lo), min(end, hi)
+        if b - a >= least and (best is None or b - a >= best[1] - best[0]):
+            best = (a, b)
+    return None if best is None else (best[0] + best[1]) // 2
