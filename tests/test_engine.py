@@ -25,7 +25,7 @@ from vibevoice_rpc.messages import (
 )
 from vibevoice_rpc.protocol.dispatcher import Job
 
-from . import scripted, speech
+from . import scripted
 from .recorder import Recorder
 from .scripted import ScriptedRuntime
 
@@ -411,35 +411,23 @@ def test_out_of_memory_mid_generation_is_reported_and_the_model_keeps_serving(
 # --- long audio ------------------------------------------------------------------------------
 
 
-needs_espeak = pytest.mark.skipif(
-    not speech.have_espeak(), reason="espeak-ng not found (speaks the conversations)"
-)
-
-
 def _windowed_run(
-    tiny_model: Path,
-    folder: Path,
-    runtime: ScriptedRuntime,
-    truth: list[tuple[float, float, str]],
-    max_window: float = 5.0,
+    tiny_model: Path, clip: Path, runtime: ScriptedRuntime, truth: list[tuple[float, float, str]]
 ) -> tuple[TranscribeResult, Recorder, int]:
-    """Transcribe a conversation spoken as ``truth`` says (tests/speech.py: each speaker its own
-    espeak-ng voice) in windows of ``max_window`` seconds; each window's scripted answer says who
-    talks when, with local speaker ids numbered from 0 in order of appearance, as the real model
-    numbers them (``SILENCE`` and ``NOISE`` are the model's non-speech segments, without a
-    speaker number)."""
+    """Transcribe ``clip`` in 5 s windows; each window's scripted answer says who talks when, with
+    local speaker ids numbered from 0 in order of appearance, as the real model numbers them
+    (``SILENCE`` and ``NOISE`` are the model's non-speech segments, without a speaker number)."""
     from vibevoice_rpc.audio.decode import load_audio
     from vibevoice_rpc.limits import WINDOW_OVERLAP_SECONDS
     from vibevoice_rpc.transcription.windowing import plan_windows, quiet_split_points
 
-    clip = speech.write(folder / "conversation.wav", speech.conversation(truth))
     audio = load_audio(clip)
 
     def splits(step: float) -> list[float]:
         points = quiet_split_points(audio.samples, 24000, step, min(30.0, step / 4))
         return [p / 24000 for p in points]
 
-    windows = plan_windows(audio.duration, max_window, WINDOW_OVERLAP_SECONDS, splits)
+    windows = plan_windows(audio.duration, 5.0, WINDOW_OVERLAP_SECONDS, splits)
     answers = []
     for w in windows:
         local: dict[str, int] = {}
@@ -460,12 +448,7 @@ def _windowed_run(
     calls = iter(answers)
     runtime.set(lambda _duration: next(calls))
     eng = Engine(
-        Config(
-            model_path=str(tiny_model),
-            precision="fp32",
-            offline=True,
-            max_window_seconds=max_window,
-        ),
+        Config(model_path=str(tiny_model), precision="fp32", offline=True, max_window_seconds=5.0),
         runtime=runtime,
     )
     try:
@@ -475,16 +458,15 @@ def _windowed_run(
     return result, rec, len(windows)
 
 
-@needs_espeak
 def test_long_audio_is_split_into_windows_with_speakers_linked_across_them(
     tiny_model: Path,
-    tmp_path: Path,
+    speech_clip: Path,
     scripted_runtime: ScriptedRuntime,
     script: Callable[..., None],  # clears the script afterwards
 ) -> None:
     # A conversation whose every window boundary falls where both speakers are heard.
     truth = [(0.0, 3.0, "A"), (3.0, 6.5, "B"), (6.5, 9.5, "A"), (9.5, 11.5, "B")]
-    result, rec, windows = _windowed_run(tiny_model, tmp_path, scripted_runtime, truth)
+    result, rec, windows = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     meta = result.metadata
     assert windows >= 3 and meta.windows == windows
     starts = [s.start_time for s in result.segments]
@@ -501,17 +483,16 @@ def test_long_audio_is_split_into_windows_with_speakers_linked_across_them(
     assert [p.segment for p in rec.segments] == result.segments  # streamed once, in order
 
 
-@needs_espeak
 def test_a_speaker_who_returns_after_a_window_boundary_is_flagged_uncertain(
     tiny_model: Path,
-    tmp_path: Path,
+    speech_clip: Path,
     scripted_runtime: ScriptedRuntime,
     script: Callable[..., None],  # clears the script afterwards
 ) -> None:
     # A is silent through the stretch window 3 shares with window 2, then talks again: nothing in
     # the transcript links the two, so the label may differ, and the metadata must say so.
     truth = [(0.0, 4.0, "A"), (4.0, 7.5, "B"), (7.5, 11.5, "A")]
-    result, _, _ = _windowed_run(tiny_model, tmp_path, scripted_runtime, truth)
+    result, _, _ = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     labels = [s.speaker for s in result.segments if s.text[0] == "B"]
     assert len(set(labels)) == 1  # B talks across the boundaries: one label
     notes = [w for w in result.metadata.warnings if "speaker link uncertain" in w]
@@ -519,10 +500,9 @@ def test_a_speaker_who_returns_after_a_window_boundary_is_flagged_uncertain(
     assert later_a and any(later_a[0].speaker in n for n in notes), result.metadata.warnings
 
 
-@needs_espeak
 def test_non_speech_segments_are_never_merged_into_a_speaker_across_windows(
     tiny_model: Path,
-    tmp_path: Path,
+    speech_clip: Path,
     scripted_runtime: ScriptedRuntime,
     script: Callable[..., None],  # clears the script afterwards
 ) -> None:
@@ -541,7 +521,7 @@ def test_non_speech_segments_are_never_merged_into_a_speaker_across_windows(
         (8.0, 9.5, "B"),
         (9.5, 11.5, "A"),
     ]
-    result, rec, windows = _windowed_run(tiny_model, tmp_path, scripted_runtime, truth)
+    result, rec, windows = _windowed_run(tiny_model, speech_clip, scripted_runtime, truth)
     assert windows >= 3
     for s in result.segments:
         if s.text == "[Silence]":

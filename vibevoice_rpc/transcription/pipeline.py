@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParams
 from ..limits import PROMPT_CONTEXT_TOKENS, SAMPLE_RATE, WINDOW_OVERLAP_SECONDS
 from ..messages import Metadata, Segment, SkippedAudio, TranscribeParams, TranscribeResult
+from ..voice.embedding import VoiceEncoder, default_encoder
 from .prompt import build_context
 from .speech import SpeechPlan
 from .voices import DECIDE_SECONDS, MAX_HOLD_SECONDS, SpeakerVoices
@@ -129,6 +130,7 @@ class _Stitcher:
         window = self._window
         return (
             self.voices is not None
+            and not self.voices.failed
             and window is not None
             and window.index > 0
             and self._mapping is not None
@@ -150,7 +152,8 @@ class _Stitcher:
         if not final and talk < DECIDE_SECONDS and span < MAX_HOLD_SECONDS:
             return False
         sims = self.voices.similarities(held).get(local, {})
-        where = f"at {self._buffer[0].start_time:.1f} s (window {self._window.index + 1})"  # type: ignore[union-attr]
+        first = self.plan.to_file(self._buffer[0].start_time, self._buffer[0].start_time)[0]
+        where = f"at {first:.1f} s (window {self._window.index + 1})"  # type: ignore[union-attr]
         glob, note = link_late_speaker(sims, set(self._mapping.values()), self._next_id, where)
         if note:
             self.notes.append(note)
@@ -172,7 +175,14 @@ class _Stitcher:
         ]
         before = self._next_id
         sims = self.voices.similarities(current) if self.voices is not None else {}
-        self._mapping, notes = link_speakers(previous, current, shared, self._next_id, voices=sims)
+        self._mapping, notes = link_speakers(
+            previous,
+            current,
+            shared,
+            self._next_id,
+            voices=sims,
+            to_file=lambda t: self.plan.to_file(t, t)[0],
+        )
         self.notes.extend(notes)
         self._unlinked = {
             g for loc, g in self._mapping.items() if g >= before and not sims.get(loc)
@@ -246,7 +256,7 @@ def transcribe_audio(
     started: float,
     notes: Sequence[str] = (),
     speech: SpeechPlan | None = None,
-    link_voices: bool = True,
+    voice_encoder: Callable[[], VoiceEncoder] | None = default_encoder,
 ) -> TranscribeResult:
     """Run ``runner`` over ``audio`` (window by window when long) and build the app's result.
 
@@ -254,8 +264,10 @@ def transcribe_audio(
     counts from there); ``notes``: the engine's own warnings for this job (e.g. a remote fallback),
     listed after the decoder's; ``speech``: what of the audio the model hears (the voice activity
     detector's plan, :mod:`.speech`; None: all of it). Windows, prompts and speaker links work
-    in the model's input; each segment's times are mapped to the file's as it goes out.; ``link_voices=False`` links speakers across windows by timing alone
-    (bench/bench_linking.py compares the two)."""
+    in the model's input; each segment's times are mapped to the file's as it goes out.
+    ``voice_encoder`` gives the speaker encoder for linking speakers across windows by voice
+    (:mod:`.voices`; called once, when first needed; what it raises leaves timing alone, with a
+    warning); None links by timing alone (bench/bench_linking.py compares the two)."""
     from .language import detect_language
     from .parser import count_speakers, spoken_text
     from .stream import WindowRun
@@ -275,7 +287,9 @@ def transcribe_audio(
         return [p / SAMPLE_RATE for p in points]
 
     windows = plan_windows(duration, info.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
-    voices = SpeakerVoices(samples) if link_voices and len(windows) > 1 else None
+    voices = None
+    if voice_encoder is not None and len(windows) > 1:
+        voices = SpeakerVoices(samples, voice_encoder)
     stitcher = _Stitcher(job, duration, plan, audio.duration, voices)
     warnings: list[str] = []
     truncated = repetition = False

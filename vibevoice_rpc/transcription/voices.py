@@ -8,7 +8,9 @@ embedding (voice/embedding.py) of a speaker's speech in one window, up to ``CAP_
 (the longest segments first; cost stays bounded whatever the window's length), with the stretches
 where another speaker talks at the same time left out; a global speaker's voice is the mean of
 their windows' embeddings, weighted by seconds. Speech shorter than ``MIN_SECONDS`` gives no
-evidence. Times are the original file's seconds; the audio is the decoded file's.
+evidence. Times are seconds of the model's input and the audio is the model's input (the
+file's speech, with the voice activity detector's pauses: transcription/speech.py), as the
+stitcher's are.
 
 If the encoder's weights cannot be loaded, linking goes on by timing alone and the result says so
 (one warning).
@@ -29,7 +31,10 @@ __all__ = ["SpeakerVoices", "CAP_SECONDS", "MIN_SECONDS", "DECIDE_SECONDS", "MAX
 
 log = logging.getLogger(__name__)
 
-MIN_SECONDS = 1.5  # less speech than this: no voice evidence (one zero-padded 1.6 s partial)
+# Less speech than this gives no voice evidence: on espeak-ng voices (bench/bench_linking.py),
+# 1.5-2 s of a voice scored as low as 0.82 against ten seconds of it (below SAME_VOICE), 3 s at
+# least 0.89, while distinct voices stayed at most 0.84.
+MIN_SECONDS = 3.0
 CAP_SECONDS = 20.0  # at most this much of one speaker's speech per window is embedded
 # A speaker first heard after a window's link point is decided once this much of their speech
 # has arrived (or the window ends); their segments, and those after them, wait until then …
@@ -87,6 +92,11 @@ class SpeakerVoices:
         self.notes: list[str] = []
         self._profiles: dict[int, list[tuple[np.ndarray, float]]] = {}
         self.seconds_embedded = 0.0  # audio through the encoder (for the bench)
+
+    @property
+    def failed(self) -> bool:
+        """The encoder could not be loaded: there is no voice to wait for."""
+        return self._failed
 
     def _get_encoder(self) -> VoiceEncoder | None:
         if self._encoder is None and not self._failed:

@@ -163,6 +163,7 @@ def link_speakers(
     next_id: int,
     *,
     voices: Mapping[int, Mapping[int, float]] | None = None,
+    to_file: Callable[[float], float] | None = None,
 ) -> tuple[dict[int, int], list[str]]:
     """Map ``current``'s local speaker ids onto global ids.
 
@@ -176,7 +177,8 @@ def link_speakers(
     take the most similar free voice whose verdict is ``same``/``same?`` (:func:`voice_verdict`),
     best pairs first; the rest get new global ids from ``next_id``. Returns the mapping and
     human-readable notes about uncertain links (similarity near the threshold, a weak timing
-    link without a voice to confirm it, conflicting evidence).
+    link without a voice to confirm it, conflicting evidence). ``to_file`` maps a time of the
+    audio the windows cut (the model's input) to the file's, for the notes.
     """
     lo, hi = shared
     voices = voices or {}
@@ -195,7 +197,8 @@ def link_speakers(
     mapping: dict[int, int] = {}
     notes: list[str] = []
     used: set[int] = set()
-    at = f"at {lo:.1f}-{hi:.1f}s"
+    shown = to_file or (lambda t: t)
+    at = f"at {shown(lo):.1f}-{shown(hi):.1f}s"
     for (local, glob), secs in sorted(overlap.items(), key=lambda kv: -kv[1]):
         if local in mapping or glob in used:
             continue
@@ -242,7 +245,7 @@ def link_speakers(
     speakers = sorted({c.speaker for c in current})
     if not overlap and any(not voices.get(local) for local in speakers):
         notes.append(
-            f"no shared speech {at}: speakers after {lo:.1f}s may be "
+            f"no shared speech {at}: speakers after {shown(lo):.1f}s may be "
             "labelled differently from those before"
         )
     for local in speakers:
