@@ -49,10 +49,13 @@ class _Stitcher:
     Only numbered speakers (``speaker_id``) are linked and renumbered, and only their speech
     counts as talking; a segment without a number keeps the label the model gave it.
 
-    With ``voices``, the link also compares voices (transcription/voices.py), and a speaker first
-    heard after the link point is linked by voice: their segments (and the ones after them) wait
+    With ``voices``, the link also compares voices (transcription/voices.py), and a speaker
+    without a timing link (first heard after the link point, or with too little speech in the
+    shared stretch for a voice) is linked by voice: their segments (and the ones after them) wait
     until ``DECIDE_SECONDS`` of their speech has arrived, for at most ``MAX_HOLD_SECONDS`` of
-    audio or until the window ends. At each window's end the global speakers' voices are learnt.
+    audio or until the window ends; a segment of theirs this window does not keep (the next one
+    has it whole) is left to the next window. At each window's end the global speakers' voices
+    are learnt.
     """
 
     def __init__(
@@ -83,7 +86,9 @@ class _Stitcher:
         return self.job.segments
 
     def start_window(self, window: Window) -> None:
-        self._window, self._buffer, self._unlinked = window, [], set()
+        # _unlinked carries over: a new id whose segments the previous window left to this one
+        # (all in the overlap) is reported when it first goes out, here
+        self._window, self._buffer = window, []
         self._previous, self._speech = self._speech, []
         self._mapping = {} if window.index == 0 else None
 
@@ -121,8 +126,13 @@ class _Stitcher:
             self._link()
         while self._buffer:
             seg = self._buffer[0]
-            if self._undecided(seg) and not self._decide(seg.speaker_id, final):  # type: ignore[arg-type]
-                return
+            if self._undecided(seg):
+                if not keeps_segment(window, seg.start_time, seg.end_time):
+                    # the next window has it whole and decides who it is, with all of it
+                    self._buffer.pop(0)
+                    continue
+                if not self._decide(seg.speaker_id, final):  # type: ignore[arg-type]
+                    return
             self._emit(self._buffer.pop(0))
 
     def _undecided(self, seg: Segment) -> bool:
@@ -182,9 +192,10 @@ class _Stitcher:
             self._next_id,
             voices=sims,
             to_file=lambda t: self.plan.to_file(t, t)[0],
+            wait_for_voice=self.voices is not None and not self.voices.failed,
         )
         self.notes.extend(notes)
-        self._unlinked = {
+        self._unlinked |= {
             g for loc, g in self._mapping.items() if g >= before and not sims.get(loc)
         }
         self._next_id = max([self._next_id, *(g + 1 for g in self._mapping.values())])

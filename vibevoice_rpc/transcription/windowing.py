@@ -164,6 +164,7 @@ def link_speakers(
     *,
     voices: Mapping[int, Mapping[int, float]] | None = None,
     to_file: Callable[[float], float] | None = None,
+    wait_for_voice: bool = False,
 ) -> tuple[dict[int, int], list[str]]:
     """Map ``current``'s local speaker ids onto global ids.
 
@@ -178,7 +179,10 @@ def link_speakers(
     best pairs first; the rest get new global ids from ``next_id``. Returns the mapping and
     human-readable notes about uncertain links (similarity near the threshold, a weak timing
     link without a voice to confirm it, conflicting evidence). ``to_file`` maps a time of the
-    audio the windows cut (the model's input) to the file's, for the notes.
+    audio the windows cut (the model's input) to the file's, for the notes. ``wait_for_voice``:
+    a local speaker with neither a timing pair nor enough speech for a voice is left out of the
+    mapping (the caller links them by voice once more of their speech has come, as one first
+    heard after the shared stretch) instead of getting a new id at once.
     """
     lo, hi = shared
     voices = voices or {}
@@ -243,7 +247,9 @@ def link_speakers(
                 f"by voice alone, similarity {sim:.2f} near the threshold {SAME_VOICE:.2f}"
             )
     speakers = sorted({c.speaker for c in current})
-    if not overlap and any(not voices.get(local) for local in speakers):
+    if wait_for_voice:
+        speakers = [local for local in speakers if local in mapping or voices.get(local)]
+    elif not overlap and any(not voices.get(local) for local in speakers):
         notes.append(
             f"no shared speech {at}: speakers after {shown(lo):.1f}s may be "
             "labelled differently from those before"
