@@ -161,7 +161,7 @@ class _Stitcher:
         span = self._buffer[-1].end_time - self._buffer[0].start_time
         if not final and talk < DECIDE_SECONDS and span < MAX_HOLD_SECONDS:
             return False
-        sims = self.voices.similarities(held).get(local, {})
+        sims = self.voices.similarities(held, only=local).get(local, {})
         first = self.plan.to_file(self._buffer[0].start_time, self._buffer[0].start_time)[0]
         where = f"at {first:.1f} s (window {self._window.index + 1})"  # type: ignore[union-attr]
         glob, note = link_late_speaker(sims, set(self._mapping.values()), self._next_id, where)

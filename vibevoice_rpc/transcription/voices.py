@@ -133,14 +133,18 @@ class SpeakerVoices:
         )
         return total / max(float(np.linalg.norm(total)), 1e-12)
 
-    def similarities(self, speech: list[TimedSpeech]) -> dict[int, dict[int, float]]:
-        """For each speaker of ``speech`` (local ids) with enough of it: cosine to every global
-        speaker's voice (global id → similarity). Empty without global voices or an encoder."""
+    def similarities(
+        self, speech: list[TimedSpeech], only: int | None = None
+    ) -> dict[int, dict[int, float]]:
+        """For each speaker of ``speech`` (local ids; only ``only`` when given) with enough of
+        it: cosine to every global speaker's voice (global id → similarity). Empty without
+        global voices or an encoder."""
         if not self._profiles:
             return {}
         profiles = {glob: self._profile(glob) for glob in self._profiles}
         out: dict[int, dict[int, float]] = {}
-        for local in sorted({t.speaker for t in speech}):
+        speakers = {t.speaker for t in speech} if only is None else {only}
+        for local in sorted(speakers):
             emb = self.embed(_spans(local, speech))
             if emb is not None:
                 out[local] = {g: float(np.dot(emb, p)) for g, p in sorted(profiles.items())}
