@@ -10,13 +10,18 @@ speaker's (the id of the speaker's first segment, held by no other speaker) / al
 Encoder cost: seconds inside the speaker encoder per second of audio.
 
     /work/main/.venv/bin/python bench/bench_linking.py [--conversations 5] [--window 30]
+    /work/main/.venv/bin/python bench/bench_linking.py --calibrate
 
-Prints one line per conversation and the medians.
+Prints one line per conversation and the medians. ``--calibrate`` prints instead what the
+same-voice threshold (voice/embedding.py ``SAME_VOICE``) and ``MIN_SECONDS``
+(transcription/voices.py) rest on: the cosine of 1.5-6 s of each of tests/speech.py's five
+voices (three sentences each) against 10 s of every voice (other sentences).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -91,14 +96,16 @@ class TimedEncoder:
 
     def __init__(self, encoder: VoiceEncoder) -> None:
         self.encoder = encoder
-        self.seconds = 0.0
+        self.seconds = 0.0  # wall
+        self.cpu = 0.0  # CPU seconds of the process (BLAS threads included)
 
     def embed(self, samples: Any, sample_rate: int) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return self.encoder.embed(samples, sample_rate)
         finally:
             self.seconds += time.perf_counter() - started
+            self.cpu += time.process_time() - cpu
 
 
 def accuracy(segments: list[Segment]) -> float:
@@ -112,12 +119,37 @@ def accuracy(segments: list[Segment]) -> float:
     return right / len(segments) if segments else 1.0
 
 
+def calibrate(encoder: VoiceEncoder) -> None:
+    import numpy as np
+
+    rate = speech.RATE
+    voices = sorted(speech.VOICES)
+    profile = {v: encoder.embed(speech._speech(speech.VOICES[v], 10.0, 0), rate) for v in voices}
+    for seconds in (1.5, 2.0, 3.0, 4.0, 6.0):
+        same, other = [], []
+        for v in voices:
+            for turn in (5, 8, 11):
+                emb = encoder.embed(speech._speech(speech.VOICES[v], seconds, turn), rate)
+                for w in voices:
+                    (same if v == w else other).append(float(np.dot(emb, profile[w])))
+        print(
+            f"{seconds:4.1f} s against 10 s: same voice min {min(same):.3f} median "
+            f"{statistics.median(same):.3f}; other voices max {max(other):.3f} median "
+            f"{statistics.median(other):.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conversations", type=int, default=5)
     ap.add_argument("--window", type=float, default=30.0, help="max window seconds")
+    ap.add_argument("--calibrate", action="store_true", help="the threshold's evidence")
     args = ap.parse_args()
+    load = os.getloadavg()[0]
     encoder = default_encoder()
+    if args.calibrate:
+        calibrate(encoder)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.conversations):
@@ -145,20 +177,25 @@ def main() -> None:
                 row["windows"] = result.metadata.windows
                 if loader:
                     row["encoder_pct"] = 100.0 * timed.seconds / audio.duration
+                    row["encoder_cpu_pct"] = 100.0 * timed.cpu / audio.duration
                     row["uncertain"] = sum("uncertain" in w for w in result.metadata.warnings)
             rows.append(row)
             print(
                 f"conversation {seed}: {row['duration']:.0f} s, {row['windows']} windows, "
                 f"{row['segments']} segments: timing only {row['timing']:.1%}, "
                 f"voice + timing {row['voice']:.1%}; encoder {row['encoder_pct']:.2f} % of the "
-                f"audio's duration; {row['uncertain']} uncertain-link warnings",
+                f"audio's duration ({row['encoder_cpu_pct']:.2f} % in CPU seconds); "
+                f"{row['uncertain']} uncertain-link warnings",
                 flush=True,
             )
-    med = {k: statistics.median(r[k] for r in rows) for k in ("timing", "voice", "encoder_pct")}
+    keys = ("timing", "voice", "encoder_pct", "encoder_cpu_pct")
+    med = {k: statistics.median(r[k] for r in rows) for k in keys}
     print(
         f"median of {len(rows)} conversations (4 voices, windows of {args.window:g} s): "
         f"accuracy timing only {med['timing']:.1%}, voice + timing {med['voice']:.1%}; "
-        f"speaker encoder {med['encoder_pct']:.2f} % of the audio's duration"
+        f"speaker encoder {med['encoder_pct']:.2f} % of the audio's duration "
+        f"({med['encoder_cpu_pct']:.2f} % in CPU seconds); load average before the run "
+        f"{load:.1f}"
     )
 
 

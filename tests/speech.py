@@ -4,9 +4,10 @@
 ``who``'s voice (``VOICES``; a different sentence per turn, cut to the stretch's length with 10 ms
 fades), zeros for ``SILENCE``, seeded noise for ``NOISE`` and sox's music-like chords for ``MUSIC``
 (tests/recordings.py, which the voice activity tests use); :class:`Answers` then makes the scripted
-model say who speaks when in each window the pipeline actually cut, consistent with the audio. The voices are ones the speaker encoder tells apart
-(bench/bench_voice.py --calibrate: en-us against en-us+f3, en-gb-x-rp+f2, en-us+klatt,
-en-gb-scotland+m7 at most 0.86). Not en-gb+f3: espeak-ng 1.51 ignores a variant after en-gb and
+model say who speaks when in each window the pipeline actually cut, consistent with the audio.
+The voices are ones the speaker encoder tells apart (``python bench/bench_linking.py
+--calibrate``: 3 s of one against 10 s of another at most 0.82, of itself at least 0.89). Not
+en-gb+f3: espeak-ng 1.51 ignores a variant after en-gb and
 speaks plain (male) en-gb, which this encoder hears as en-us's voice.
 
 Kept apart from tests/recordings.py (16 kHz files joined by sox, for the VAD's tests) because its

@@ -86,7 +86,7 @@ def test_embeddings_equal_resemblyzers_from_the_24_khz_audio(name: str) -> None:
 
 
 def test_the_three_voices_are_told_apart() -> None:
-    """Not a calibration (bench/bench_voice.py --calibrate): three espeak-ng voices the encoder
+    """Not a calibration (bench/bench_linking.py --calibrate): three espeak-ng voices the encoder
     separates, each far below the same-voice threshold from the others."""
     from vibevoice_rpc.voice.embedding import SAME_VOICE
 

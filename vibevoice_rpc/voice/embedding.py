@@ -45,9 +45,10 @@ PARTIAL_RATE = 1.3  # partial utterances per second (Resemblyzer's default)
 MIN_COVERAGE = 0.75  # a last partial needs this share of real audio to count
 # Two voices are taken for one when their embeddings' cosine is at least SAME_VOICE; within
 # VOICE_MARGIN of it either way the link is reported as uncertain. Calibrated on espeak-ng voices
-# (bench/bench_voice.py --calibrate; README, Performance): a few seconds of one voice against ten
-# seconds of it elsewhere scored 0.895-0.972, against distinct voices 0.51-0.87, except
-# en-us against en-us+m3 (up to 0.92: to this encoder one voice, pitched differently).
+# (``python bench/bench_linking.py --calibrate``, docs/AUDIO.md "Speakers across windows"): 3 s
+# of one voice against ten seconds of it elsewhere scored 0.889-0.96, against other voices at
+# most 0.82 (6 s: at least 0.94 / at most 0.84); an earlier probe found en-us against en-us+m3
+# up to 0.92: to this encoder one voice, pitched differently.
 SAME_VOICE = 0.88
 VOICE_MARGIN = 0.03
 _LAYERS = 3
