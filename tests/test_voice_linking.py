@@ -126,6 +126,27 @@ def _times_are_the_files(result: TranscribeResult) -> None:
         ), (s, "not inside a stretch of", who)
 
 
+def test_speaker_voices_learn_and_recognise_voices() -> None:
+    from vibevoice_rpc.transcription.voices import MIN_SECONDS, SpeakerVoices, _spans
+    from vibevoice_rpc.transcription.windowing import TimedSpeech
+
+    truth = [(0.0, 8.0, "A"), (8.0, 16.0, "B"), (16.0, 22.0, "C"), (22.0, 28.0, "A")]
+    voices = SpeakerVoices(speech.conversation(truth))
+    # window 1: A and B as global 0 and 1; another's talk is cut out of a speaker's spans
+    first = [TimedSpeech(0, 0.0, 8.0), TimedSpeech(1, 8.0, 16.0), TimedSpeech(0, 15.0, 16.0)]
+    assert _spans(0, first) == [(0.1, 7.9)]  # 15-16 is all overlap
+    assert _spans(1, first) == [(8.1, 15.0)]
+    assert voices.similarities(first) == {}  # nothing learnt yet
+    voices.learn(first)
+    # window 2: local 0 is C (new), local 1 is A again; local 2 talks too little to tell
+    later = [TimedSpeech(0, 16.0, 22.0), TimedSpeech(1, 22.0, 28.0), TimedSpeech(2, 28.0, 28.5)]
+    sims = voices.similarities(later)
+    assert sorted(sims) == [0, 1] and 0.5 < MIN_SECONDS
+    assert sims[1][0] > 0.91 > max(sims[0].values()) and sims[1][0] > sims[1][1]
+    assert voices.similarities(later, only=1).keys() == {1}
+    assert voices.notes == []
+
+
 def test_speakers_keep_their_ids_across_windows_by_their_voices(
     engine: Engine, meeting: Meeting, scripted_runtime: ScriptedRuntime, script: Callable
 ) -> None:
@@ -191,6 +212,8 @@ def test_by_timing_alone_the_returning_speakers_get_new_ids(
     assert late, _speakers(result)
     notes = [w for w in result.metadata.warnings if "speaker link uncertain" in w]
     assert all(any(f"Speaker_{glob}," in n for n in notes) for glob in late), notes
+    # the notes quote the file's time: A's last turn starts at 231 s (in the model's input, 54 s)
+    assert any("first heard at 231.0 s" in n for n in notes), notes
     _times_are_the_files(result)
 
 
