@@ -136,7 +136,9 @@ class _Stitcher:
             self._emit(self._buffer.pop(0))
 
     def _undecided(self, seg: Segment) -> bool:
-        """A later window's speaker not linked yet, whom the voice may recognise."""
+        """A later window's speaker not linked yet, whom the voice may recognise (also for a
+        numbered non-speech segment such as ``[Music]``: its number must not be given a new id
+        before the speaker's voice is heard)."""
         window = self._window
         return (
             self.voices is not None
@@ -145,7 +147,6 @@ class _Stitcher:
             and window.index > 0
             and self._mapping is not None
             and seg.speaker_id is not None
-            and not seg.non_speech
             and seg.speaker_id not in self._mapping
         )
 
