@@ -99,10 +99,10 @@ class TimedEncoder:
         self.seconds = 0.0  # wall
         self.cpu = 0.0  # CPU seconds of the process (BLAS threads included)
 
-    def embed(self, samples: Any, sample_rate: int) -> Any:
+    def embed_many(self, clips: Any, sample_rate: int) -> Any:
         started, cpu = time.perf_counter(), time.process_time()
         try:
-            return self.encoder.embed(samples, sample_rate)
+            return self.encoder.embed_many(clips, sample_rate)
         finally:
             self.seconds += time.perf_counter() - started
             self.cpu += time.process_time() - cpu

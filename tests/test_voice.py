@@ -85,6 +85,17 @@ def test_embeddings_equal_resemblyzers_from_the_24_khz_audio(name: str) -> None:
     assert np.linalg.norm(ours) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_batch_of_clips_embeds_each_as_alone() -> None:
+    clips = [sf.read(DATA / name, dtype="float32") for name in CLIPS]
+    rate = clips[0][1]
+    short = clips[1][0][: rate * 2]  # one partial, zero-padded, next to longer ones
+    batch = [clips[0][0], short, clips[2][0]]
+    together = default_encoder().embed_many(batch, rate)
+    alone = np.stack([default_encoder().embed(c, rate) for c in batch])
+    assert together.shape == (3, 256) and np.abs(together - alone).max() < 1e-5
+    assert default_encoder().embed_many([], rate).shape == (0, 256)
+
+
 def test_the_three_voices_are_told_apart() -> None:
     """Not a calibration (bench/bench_linking.py --calibrate): three espeak-ng voices the encoder
     separates, each far below the same-voice threshold from the others."""

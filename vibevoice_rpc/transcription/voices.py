@@ -111,21 +111,28 @@ class SpeakerVoices:
                 )
         return self._encoder
 
-    def embed(self, spans: list[tuple[float, float]]) -> np.ndarray | None:
-        """The embedding of the audio in ``spans`` (seconds), joined; None below MIN_SECONDS."""
+    def embed(self, spans: list[list[tuple[float, float]]]) -> list[np.ndarray | None]:
+        """The embedding of the audio in each of ``spans`` (lists of seconds), each joined; None
+        for one below MIN_SECONDS. All in one batch through the encoder."""
         n = len(self.samples)
-        parts = [
-            self.samples[max(0, round(lo * SAMPLE_RATE)) : min(n, round(hi * SAMPLE_RATE))]
-            for lo, hi in spans
-        ]
-        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-            return None
-        encoder = self._get_encoder()
+        clips: list[np.ndarray | None] = []
+        for pieces in spans:
+            parts = [
+                self.samples[max(0, round(lo * SAMPLE_RATE)) : min(n, round(hi * SAMPLE_RATE))]
+                for lo, hi in pieces
+            ]
+            audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            clips.append(audio if len(audio) >= MIN_SECONDS * SAMPLE_RATE else None)
+        out: list[np.ndarray | None] = [None] * len(clips)
+        wanted = [i for i, c in enumerate(clips) if c is not None]
+        batch = [c for c in clips if c is not None]
+        encoder = self._get_encoder() if batch else None
         if encoder is None:
-            return None
-        self.seconds_embedded += len(audio) / SAMPLE_RATE
-        return encoder.embed(audio, SAMPLE_RATE)
+            return out
+        self.seconds_embedded += sum(len(c) for c in batch) / SAMPLE_RATE
+        for i, emb in zip(wanted, encoder.embed_many(batch, SAMPLE_RATE), strict=True):
+            out[i] = emb
+        return out
 
     def _profile(self, glob: int) -> np.ndarray:
         total = sum(
@@ -143,19 +150,19 @@ class SpeakerVoices:
             return {}
         profiles = {glob: self._profile(glob) for glob in self._profiles}
         out: dict[int, dict[int, float]] = {}
-        speakers = {t.speaker for t in speech} if only is None else {only}
-        for local in sorted(speakers):
-            emb = self.embed(_spans(local, speech))
+        speakers = sorted({t.speaker for t in speech} if only is None else {only})
+        embs = self.embed([_spans(local, speech) for local in speakers])
+        for local, emb in zip(speakers, embs, strict=True):
             if emb is not None:
                 out[local] = {g: float(np.dot(emb, p)) for g, p in sorted(profiles.items())}
         return out
 
     def learn(self, speech: list[TimedSpeech]) -> None:
         """Add each global speaker's voice in ``speech`` (one window's, global ids) to theirs."""
-        for glob in sorted({t.speaker for t in speech}):
-            spans = _spans(glob, speech)
-            emb = self.embed(spans)
+        speakers = sorted({t.speaker for t in speech})
+        spans = [_spans(glob, speech) for glob in speakers]
+        for glob, pieces, emb in zip(speakers, spans, self.embed(spans), strict=True):
             if emb is not None:
                 self._profiles.setdefault(glob, []).append(
-                    (emb, float(sum(hi - lo for lo, hi in spans)))
+                    (emb, float(sum(hi - lo for lo, hi in pieces)))
                 )

@@ -184,6 +184,14 @@ class VoiceEncoder:
         its webrtcvad trimming of long silences (the pipeline passes speech segments)."""
         return self.embed_utterance(preprocess(samples, sample_rate))
 
+    def embed_many(self, clips: list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """:meth:`embed` of each of ``clips``, their partials through the network in one batch
+        (one pass of the 160-step recursion for all: several short clips cost about one long
+        one): ``(len(clips), 256)``."""
+        if not clips:
+            return np.zeros((0, EMBEDDING_SIZE), np.float32)
+        return self.embed_utterances([preprocess(c, sample_rate) for c in clips])
+
 
 def preprocess(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """``samples`` → 16 kHz float32, volume-normalised (see :meth:`VoiceEncoder.embed`)."""
