@@ -12,9 +12,11 @@ from vibevoice_rpc.transcription.windowing import (
     TimedSpeech,
     Window,
     keeps_segment,
+    link_late_speaker,
     link_speakers,
     plan_windows,
     quiet_split_points,
+    voice_verdict,
 )
 
 
@@ -120,6 +122,89 @@ def test_one_global_speaker_is_never_given_to_two_local_ones() -> None:
     current = [TimedSpeech(0, 90.0, 96.0), TimedSpeech(1, 96.0, 100.0)]
     mapping, _ = link_speakers(previous, current, (90.0, 100.0), next_id=1)
     assert mapping == {0: 0, 1: 1}
+
+
+# --- by voice: cosines of local speakers' voices to the global ones (transcription/voices.py) ---
+
+
+def test_the_voice_verdicts_around_the_threshold() -> None:
+    from vibevoice_rpc.voice.embedding import SAME_VOICE, VOICE_MARGIN
+
+    assert [voice_verdict(SAME_VOICE + d) for d in (VOICE_MARGIN, 0.0, -0.01, -VOICE_MARGIN)] == [
+        "same",
+        "same?",
+        "new?",
+        "new?",
+    ]
+    assert voice_verdict(SAME_VOICE - VOICE_MARGIN - 0.01) == "new"
+
+
+def test_a_speaker_silent_in_the_shared_stretch_is_linked_by_voice() -> None:
+    # Global 0 talks in the shared stretch, global 5 (heard windows ago) does not; local 1's voice
+    # is 5's: it gets 5 back instead of a new id, with no note.
+    previous = [TimedSpeech(0, 90.0, 100.0)]
+    current = [TimedSpeech(0, 90.0, 100.0), TimedSpeech(1, 100.0, 110.0)]
+    voices = {0: {0: 0.95, 5: 0.60}, 1: {0: 0.55, 5: 0.96}}
+    mapping, notes = link_speakers(previous, current, (90.0, 100.0), 6, voices=voices)
+    assert (mapping, notes) == ({0: 0, 1: 5}, [])
+    # by timing alone the same speaker is a new one
+    assert link_speakers(previous, current, (90.0, 100.0), 6)[0] == {0: 0, 1: 6}
+
+
+def test_a_weak_timing_pair_whose_voices_differ_is_left_to_the_voice() -> None:
+    previous = [TimedSpeech(0, 90.0, 92.0)]
+    current = [TimedSpeech(0, 90.0, 100.0)]  # 2 of 10 shared seconds match: weak
+    mapping, notes = link_speakers(
+        previous, current, (90.0, 100.0), 3, voices={0: {0: 0.40, 2: 0.97}}
+    )
+    assert mapping == {0: 2}
+    assert len(notes) == 1 and "voices differ" in notes[0] and "not linked by timing" in notes[0]
+
+
+def test_a_strong_timing_pair_whose_voices_differ_stays_linked_and_is_reported() -> None:
+    previous = [TimedSpeech(0, 90.0, 100.0)]
+    current = [TimedSpeech(0, 90.0, 100.0)]
+    mapping, notes = link_speakers(previous, current, (90.0, 100.0), 1, voices={0: {0: 0.40}})
+    assert mapping == {0: 0}
+    assert len(notes) == 1 and "linked by timing" in notes[0]
+
+
+def test_near_threshold_links_are_reported_and_times_are_the_files() -> None:
+    previous = [TimedSpeech(0, 90.0, 100.0)]
+    current = [TimedSpeech(0, 90.0, 100.0), TimedSpeech(1, 100.0, 110.0)]
+    mapping, notes = link_speakers(
+        previous,
+        current,
+        (90.0, 100.0),
+        4,
+        voices={1: {3: 0.89}},
+        to_file=lambda t: t + 180.0,  # three minutes of music before, collapsed
+    )
+    assert mapping == {0: 0, 1: 3}
+    assert len(notes) == 1 and "by voice alone" in notes[0] and "at 270.0-280.0s" in notes[0]
+
+
+def test_a_speaker_without_evidence_waits_for_their_voice() -> None:
+    previous = [TimedSpeech(0, 90.0, 100.0)]
+    current = [TimedSpeech(0, 90.0, 100.0), TimedSpeech(1, 101.0, 102.0)]
+    mapping, notes = link_speakers(previous, current, (90.0, 100.0), 2, wait_for_voice=True)
+    assert (mapping, notes) == ({0: 0}, [])
+    # a new voice, known as one: a new id at once
+    mapping, _ = link_speakers(
+        previous, current, (90.0, 100.0), 2, voices={1: {0: 0.5}}, wait_for_voice=True
+    )
+    assert mapping == {0: 0, 1: 2}
+
+
+def test_a_late_speaker_by_voice() -> None:
+    where = "at 231.0 s (window 5)"
+    assert link_late_speaker({0: 0.95, 1: 0.97}, {1}, 3, where) == (0, None)  # 1 is taken
+    glob, note = link_late_speaker({0: 0.89}, set(), 3, where)
+    assert glob == 0 and note and "Speaker_0" in note and where in note
+    glob, note = link_late_speaker({0: 0.86}, set(), 3, where)
+    assert glob == 3 and note and "resembles Speaker_0" in note
+    assert link_late_speaker({0: 0.50}, set(), 3, where) == (3, None)
+    assert link_late_speaker({}, set(), 3, where) == (3, None)
 
 
 # --- where to split: the quietest moment near each window's end ---------------------------------

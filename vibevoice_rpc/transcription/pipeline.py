@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParams
 from ..limits import PROMPT_CONTEXT_TOKENS, SAMPLE_RATE, WINDOW_OVERLAP_SECONDS
 from ..messages import Metadata, Segment, SkippedAudio, TranscribeParams, TranscribeResult
+from ..voice.embedding import VoiceEncoder, default_encoder
 from .prompt import build_context
 from .speech import SpeechPlan
+from .voices import DECIDE_SECONDS, MAX_HOLD_SECONDS, SpeakerVoices
 from .windowing import (
     TimedSpeech,
     Window,
     keeps_segment,
+    link_late_speaker,
     link_speakers,
     plan_windows,
     quiet_split_points,
@@ -45,13 +48,29 @@ class _Stitcher:
     speakers are linked to the previous window's, and the held segments go out with global labels.
     Only numbered speakers (``speaker_id``) are linked and renumbered, and only their speech
     counts as talking; a segment without a number keeps the label the model gave it.
+
+    With ``voices``, the link also compares voices (transcription/voices.py), and a speaker
+    without a timing link (first heard after the link point, or with too little speech in the
+    shared stretch for a voice) is linked by voice: their segments (and the ones after them) wait
+    until ``DECIDE_SECONDS`` of their speech has arrived, for at most ``MAX_HOLD_SECONDS`` of
+    audio or until the window ends; a segment of theirs this window does not keep (the next one
+    has it whole) is left to the next window. At each window's end the global speakers' voices
+    are learnt.
     """
 
-    def __init__(self, job: Job, duration: float, plan: SpeechPlan, file_duration: float) -> None:
+    def __init__(
+        self,
+        job: Job,
+        duration: float,
+        plan: SpeechPlan,
+        file_duration: float,
+        voices: SpeakerVoices | None = None,
+    ) -> None:
         self.job = job
         self.duration = duration  # of the model's input, whose times the windows and links use
         self.plan = plan  # what maps them to the file's, as each segment goes out
         self.file_duration = file_duration
+        self.voices = voices  # over the model's input too
         self.notes: list[str] = []
         self._next_id = 0
         self._window: Window | None = None
@@ -67,7 +86,9 @@ class _Stitcher:
         return self.job.segments
 
     def start_window(self, window: Window) -> None:
-        self._window, self._buffer, self._unlinked = window, [], set()
+        # _unlinked carries over: a new id whose segments the previous window left to this one
+        # (all in the overlap) is reported when it first goes out, here
+        self._window, self._buffer = window, []
         self._previous, self._speech = self._speech, []
         self._mapping = {} if window.index == 0 else None
 
@@ -82,16 +103,76 @@ class _Stitcher:
             speaker_id=local.speaker_id,
             non_speech=local.non_speech,
         )
-        if self._mapping is None:
+        if self._mapping is None or self._buffer or self._undecided(seg):
             self._buffer.append(seg)
-            if seg.start_time >= window.core_start:
-                self._link()
+            self._flush()
             return
         self._emit(seg)
 
     def end_window(self) -> None:
+        self._flush(final=True)
+        window = self._window
+        if self.voices is not None and window is not None and window.next_start is not None:
+            self.voices.learn(self._speech)
+
+    def _flush(self, final: bool = False) -> None:
+        """Link once the split point is passed, then send the held segments whose speakers are
+        known (a speaker first heard after the link point waits for :meth:`_decide`)."""
+        window = self._window
+        assert window is not None
         if self._mapping is None:
+            if not final and self._buffer[-1].start_time < window.core_start:
+                return
             self._link()
+        while self._buffer:
+            seg = self._buffer[0]
+            if self._undecided(seg):
+                if not keeps_segment(window, seg.start_time, seg.end_time):
+                    # the next window has it whole and decides who it is, with all of it
+                    self._buffer.pop(0)
+                    continue
+                if not self._decide(seg.speaker_id, final):  # type: ignore[arg-type]
+                    return
+            self._emit(self._buffer.pop(0))
+
+    def _undecided(self, seg: Segment) -> bool:
+        """A later window's speaker not linked yet, whom the voice may recognise (also for a
+        numbered non-speech segment such as ``[Music]``: its number must not be given a new id
+        before the speaker's voice is heard)."""
+        window = self._window
+        return (
+            self.voices is not None
+            and not self.voices.failed
+            and window is not None
+            and window.index > 0
+            and self._mapping is not None
+            and seg.speaker_id is not None
+            and seg.speaker_id not in self._mapping
+        )
+
+    def _decide(self, local: int, final: bool) -> bool:
+        """Link ``local`` (first heard after the link point) by voice, once enough of it is held."""
+        assert self.voices is not None and self._mapping is not None
+        held = [
+            TimedSpeech(s.speaker_id, s.start_time, s.end_time)
+            for s in self._buffer
+            if s.speaker_id is not None and not s.non_speech
+        ]
+        talk = sum(t.end - t.start for t in held if t.speaker == local)
+        span = self._buffer[-1].end_time - self._buffer[0].start_time
+        if not final and talk < DECIDE_SECONDS and span < MAX_HOLD_SECONDS:
+            return False
+        sims = self.voices.similarities(held, only=local).get(local, {})
+        first = self.plan.to_file(self._buffer[0].start_time, self._buffer[0].start_time)[0]
+        where = f"at {first:.1f} s (window {self._window.index + 1})"  # type: ignore[union-attr]
+        glob, note = link_late_speaker(sims, set(self._mapping.values()), self._next_id, where)
+        if note:
+            self.notes.append(note)
+        elif not sims:
+            self._unlinked.add(glob)  # no voice to go by: reported when first kept
+        self._mapping[local] = glob
+        self._next_id = max(self._next_id, glob + 1)
+        return True
 
     def _link(self) -> None:
         window = self._window
@@ -104,12 +185,21 @@ class _Stitcher:
             if s.speaker_id is not None and not s.non_speech
         ]
         before = self._next_id
-        self._mapping, notes = link_speakers(previous, current, shared, self._next_id)
+        sims = self.voices.similarities(current) if self.voices is not None else {}
+        self._mapping, notes = link_speakers(
+            previous,
+            current,
+            shared,
+            self._next_id,
+            voices=sims,
+            to_file=lambda t: self.plan.to_file(t, t)[0],
+            wait_for_voice=self.voices is not None and not self.voices.failed,
+        )
         self.notes.extend(notes)
-        self._unlinked = {glob for glob in self._mapping.values() if glob >= before}
-        buffered, self._buffer = self._buffer, []
-        for seg in buffered:
-            self._emit(seg)
+        self._unlinked |= {
+            g for loc, g in self._mapping.items() if g >= before and not sims.get(loc)
+        }
+        self._next_id = max([self._next_id, *(g + 1 for g in self._mapping.values())])
 
     def _emit(self, seg: Segment) -> None:
         window = self._window
@@ -178,6 +268,7 @@ def transcribe_audio(
     started: float,
     notes: Sequence[str] = (),
     speech: SpeechPlan | None = None,
+    voice_encoder: Callable[[], VoiceEncoder] | None = default_encoder,
 ) -> TranscribeResult:
     """Run ``runner`` over ``audio`` (window by window when long) and build the app's result.
 
@@ -185,7 +276,10 @@ def transcribe_audio(
     counts from there); ``notes``: the engine's own warnings for this job (e.g. a remote fallback),
     listed after the decoder's; ``speech``: what of the audio the model hears (the voice activity
     detector's plan, :mod:`.speech`; None: all of it). Windows, prompts and speaker links work
-    in the model's input; each segment's times are mapped to the file's as it goes out."""
+    in the model's input; each segment's times are mapped to the file's as it goes out.
+    ``voice_encoder`` gives the speaker encoder for linking speakers across windows by voice
+    (:mod:`.voices`; called once, when first needed; what it raises leaves timing alone, with a
+    warning); None links by timing alone (bench/bench_linking.py compares the two)."""
     from .language import detect_language
     from .parser import count_speakers, spoken_text
     from .stream import WindowRun
@@ -205,7 +299,10 @@ def transcribe_audio(
         return [p / SAMPLE_RATE for p in points]
 
     windows = plan_windows(duration, info.max_window_seconds, WINDOW_OVERLAP_SECONDS, splits)
-    stitcher = _Stitcher(job, duration, plan, audio.duration)
+    voices = None
+    if voice_encoder is not None and len(windows) > 1:
+        voices = SpeakerVoices(samples, voice_encoder)
+    stitcher = _Stitcher(job, duration, plan, audio.duration, voices)
     warnings: list[str] = []
     truncated = repetition = False
     recoveries = 0
@@ -266,7 +363,14 @@ def transcribe_audio(
         loop_recoveries=recoveries,
         backend=info.backend,
         server=info.server,
-        warnings=[*audio.warnings, *notes, *_plan_notes(plan), *warnings, *stitcher.notes],
+        warnings=[
+            *audio.warnings,
+            *notes,
+            *_plan_notes(plan),
+            *warnings,
+            *stitcher.notes,
+            *(voices.notes if voices else []),
+        ],
         windows=len(windows),
         max_new_tokens=budget_total,
         generated_tokens=generated,

@@ -5,16 +5,20 @@ Window *k* ends at a split point *s* (a quiet moment) and window *k+1* starts ``
 before *s*, so the stretch just before *s* is heard twice. Who keeps a segment heard in that
 stretch (:func:`keeps_segment`): window *k* keeps what ended before *s*; what was still going on at
 *s* (cut by window *k*'s end) comes from window *k+1*, which hears it whole. Window *k+1*'s
-speaker ids are mapped onto window *k*'s by who is talking during the shared stretch
-(:func:`link_speakers`).
+speaker ids are mapped onto the global ones by who is talking during the shared stretch and, when
+the pipeline has them, by their voices (:func:`link_speakers`; a speaker first heard after that:
+:func:`link_late_speaker`; cosines of speaker embeddings, judged by :func:`voice_verdict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+from ..voice.embedding import SAME_VOICE, VOICE_MARGIN
 
 __all__ = [
     "CUT_TOLERANCE_SECONDS",
@@ -22,6 +26,8 @@ __all__ = [
     "plan_windows",
     "TimedSpeech",
     "link_speakers",
+    "link_late_speaker",
+    "voice_verdict",
     "keeps_segment",
     "quiet_split_points",
 ]
@@ -97,19 +103,89 @@ def keeps_segment(window: Window, start: float, end: float) -> bool:
     return True
 
 
+Verdict = Literal["same", "same?", "new?", "new"]
+
+
+def voice_verdict(similarity: float) -> Verdict:
+    """What a voice similarity says: ``same`` (at least ``SAME_VOICE + VOICE_MARGIN``), ``same?``
+    (at least ``SAME_VOICE``: linked, reported), ``new?`` (within ``VOICE_MARGIN`` below it: not
+    linked, reported), ``new``. The numbers: voice/embedding.py."""
+    if similarity >= SAME_VOICE + VOICE_MARGIN:
+        return "same"
+    if similarity >= SAME_VOICE:
+        return "same?"
+    if similarity >= SAME_VOICE - VOICE_MARGIN:
+        return "new?"
+    return "new"
+
+
+def _nearest(similarities: Mapping[int, float], taken: set[int]) -> tuple[int | None, float]:
+    """The most similar global speaker not in ``taken`` and the similarity (None, 0.0: none)."""
+    free = [(sim, glob) for glob, sim in similarities.items() if glob not in taken]
+    if not free:
+        return None, 0.0
+    sim, glob = max(free, key=lambda sg: (sg[0], -sg[1]))
+    return glob, sim
+
+
+def link_late_speaker(
+    similarities: Mapping[int, float], taken: set[int], next_id: int, where: str
+) -> tuple[int, str | None]:
+    """The global id of a local speaker first heard after the window's link point (silent in the
+    shared stretch), whose voice has ``similarities`` (global id → cosine) to the global voices:
+    the most similar one not in ``taken`` (already a speaker of this window) when its verdict is
+    ``same``/``same?``, else ``next_id``. Returns it and a note when the link is uncertain; the
+    caller reports a new id without any voice to go by (``similarities`` empty) itself.
+    ``where``: when the speaker was first heard, for the note."""
+    near, sim = _nearest(similarities, taken)
+    verdict = voice_verdict(sim) if near is not None else None
+    if near is not None and verdict in ("same", "same?"):
+        note = None
+        if verdict == "same?":
+            note = (
+                f"speaker link uncertain: Speaker_{near}, heard again {where} after not talking "
+                f"in the stretch shared with the previous window, recognised by voice with "
+                f"similarity {sim:.2f}, near the threshold {SAME_VOICE:.2f}"
+            )
+        return near, note
+    if verdict == "new?":
+        return next_id, (
+            f"speaker link uncertain: Speaker_{next_id}, first heard {where}, taken for a new "
+            f"voice, but it resembles Speaker_{near} (similarity {sim:.2f})"
+        )
+    return next_id, None
+
+
 def link_speakers(
     previous: list[TimedSpeech],
     current: list[TimedSpeech],
     shared: tuple[float, float],
     next_id: int,
+    *,
+    voices: Mapping[int, Mapping[int, float]] | None = None,
+    to_file: Callable[[float], float] | None = None,
+    wait_for_voice: bool = False,
 ) -> tuple[dict[int, int], list[str]]:
-    """Map ``current``'s local speaker ids onto ``previous``'s global ids.
+    """Map ``current``'s local speaker ids onto global ids.
 
-    Speakers are paired greedily by the seconds they talk at the same time inside the ``shared``
-    stretch; unpaired local speakers get new global ids from ``next_id``. Returns the mapping and a
-    list of human-readable notes about links that are uncertain.
+    Timing first: speakers are paired greedily by the seconds they talk at the same time inside
+    the ``shared`` stretch (``previous`` holds the previous window's speech under global ids).
+    ``voices[local][glob]``, when given, is the cosine similarity of local speaker ``local``'s
+    voice in this window to global speaker ``glob``'s voice so far (only where both had enough
+    speech; any global speaker, also one silent in the shared stretch). A timing pair whose
+    voices clearly differ is a conflict: kept when the timing is strong (at least half of the
+    local speaker's shared talk), else left to the voice. Local speakers without a timing pair
+    take the most similar free voice whose verdict is ``same``/``same?`` (:func:`voice_verdict`),
+    best pairs first; the rest get new global ids from ``next_id``. Returns the mapping and
+    human-readable notes about uncertain links (similarity near the threshold, a weak timing
+    link without a voice to confirm it, conflicting evidence). ``to_file`` maps a time of the
+    audio the windows cut (the model's input) to the file's, for the notes. ``wait_for_voice``:
+    a local speaker with neither a timing pair nor enough speech for a voice is left out of the
+    mapping (the caller links them by voice once more of their speech has come, as one first
+    heard after the shared stretch) instead of getting a new id at once.
     """
     lo, hi = shared
+    voices = voices or {}
     overlap: dict[tuple[int, int], float] = {}
     local_talk: dict[int, float] = {}
     for c in current:
@@ -125,24 +201,68 @@ def link_speakers(
     mapping: dict[int, int] = {}
     notes: list[str] = []
     used: set[int] = set()
+    shown = to_file or (lambda t: t)
+    at = f"at {shown(lo):.1f}-{shown(hi):.1f}s"
     for (local, glob), secs in sorted(overlap.items(), key=lambda kv: -kv[1]):
         if local in mapping or glob in used:
             continue
-        mapping[local] = glob
-        used.add(glob)
-        if secs < 0.5 * local_talk.get(local, secs):
+        weak = secs < 0.5 * local_talk.get(local, secs)
+        sim = voices.get(local, {}).get(glob)
+        verdict = voice_verdict(sim) if sim is not None else None
+        if verdict == "new":
             notes.append(
-                f"speaker link uncertain at {lo:.1f}-{hi:.1f}s: local speaker {local} matched "
+                f"speaker link uncertain {at}: local speaker {local} talks with Speaker_{glob} "
+                f"on {secs:.1f}s of {local_talk[local]:.1f}s, but their voices differ "
+                f"(similarity {sim:.2f}); "
+                + ("linked by timing" if not weak else "not linked by timing")
+            )
+            if weak:
+                continue
+        elif verdict in ("same?", "new?"):
+            notes.append(
+                f"speaker link uncertain {at}: local speaker {local} matched Speaker_{glob} on "
+                f"{secs:.1f}s of {local_talk[local]:.1f}s, voice similarity {sim:.2f} near the "
+                f"threshold {SAME_VOICE:.2f}"
+            )
+        elif verdict is None and weak:
+            notes.append(
+                f"speaker link uncertain {at}: local speaker {local} matched "
                 f"Speaker_{glob} on {secs:.1f}s of {local_talk[local]:.1f}s"
             )
-    if not overlap:
+        mapping[local] = glob
+        used.add(glob)
+    # By voice alone, the most similar pairs first: a speaker silent in the shared stretch.
+    pairs = sorted(
+        ((sim, local, glob) for local, sims in voices.items() for glob, sim in sims.items()),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    for sim, local, glob in pairs:
+        if local in mapping or glob in used or voice_verdict(sim) not in ("same", "same?"):
+            continue
+        mapping[local] = glob
+        used.add(glob)
+        if voice_verdict(sim) == "same?":
+            notes.append(
+                f"speaker link uncertain {at}: local speaker {local} linked to Speaker_{glob} "
+                f"by voice alone, similarity {sim:.2f} near the threshold {SAME_VOICE:.2f}"
+            )
+    speakers = sorted({c.speaker for c in current})
+    if wait_for_voice:
+        speakers = [local for local in speakers if local in mapping or voices.get(local)]
+    elif not overlap and any(not voices.get(local) for local in speakers):
         notes.append(
-            f"no shared speech at {lo:.1f}-{hi:.1f}s: speakers after {lo:.1f}s may be "
+            f"no shared speech {at}: speakers after {shown(lo):.1f}s may be "
             "labelled differently from those before"
         )
-    for local in sorted({c.speaker for c in current}):
+    for local in speakers:
         if local not in mapping:
             mapping[local] = next_id
+            near, sim = _nearest(voices.get(local, {}), used)
+            if near is not None and voice_verdict(sim) == "new?":
+                notes.append(
+                    f"speaker link uncertain {at}: local speaker {local} taken for a new voice "
+                    f"(Speaker_{next_id}), but it resembles Speaker_{near} (similarity {sim:.2f})"
+                )
             next_id += 1
     return mapping, notes
 
