@@ -5,13 +5,8 @@
 fades), zeros for ``SILENCE``, seeded noise for ``NOISE`` and sox's music-like chords for ``MUSIC``
 (tests/recordings.py, which the voice activity tests use); :class:`Answers` then makes the scripted
 model say who speaks when in each window the pipeline actually cut, consistent with the audio.
-The voices are ones the speaker encoder tells apart (``python bench/bench_linking.py
---calibrate``: 3 s of one against 10 s of another at most 0.82, of itself at least 0.89). Not
-en-gb+f3: espeak-ng 1.51 ignores a variant after en-gb and
-speaks plain (male) en-gb, which this encoder hears as en-us's voice.
-
-Kept apart from tests/recordings.py (16 kHz files joined by sox, for the VAD's tests) because its
-voices are not all ones this encoder tells apart (its B, en-gb+f3, is plain en-gb).
+The voices are recordings.py's (ones the speaker encoder tells apart); recordings.py makes 16 kHz
+files joined by sox, as a recorder writes them, this module 24 kHz timelines in memory.
 
 Test and bench code only: never imported by the product.
 """
@@ -28,14 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from . import recordings
+
 RATE = 24_000
-VOICES = {
-    "A": "en-us",
-    "B": "en-us+f3",
-    "C": "en-gb-x-rp+f2",
-    "D": "en-us+klatt",
-    "E": "en-gb-scotland+m7",
-}
+VOICES = recordings.VOICES
 SENTENCES = [
     "The quarterly budget was approved after a long discussion about travel costs.",
     "I think we should revisit the marketing plan before the end of the month.",
@@ -124,8 +115,6 @@ def _music(seconds: float) -> np.ndarray:
     """tests/recordings.py's music (sox chords over pink noise) at 24 kHz."""
     import soundfile as sf
     import soxr
-
-    from . import recordings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = recordings.music(Path(tmp) / "music.wav", seconds + 0.1)
