@@ -64,6 +64,22 @@ def scripted_runtime() -> Any:
     return ScriptedRuntime()
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path, scripted_runtime: Any) -> Iterator[Any]:
+    """One engine for the module on the tiny model and ``scripted_runtime``, loaded in fp32 like
+    a CPU user gets it (a module may define its own ``engine`` instead)."""
+    from vibevoice_rpc.config import Config
+    from vibevoice_rpc.engine import Engine
+    from vibevoice_rpc.job import Job
+
+    eng = Engine(
+        Config(model_path=str(tiny_model), precision="fp32", offline=True), runtime=scripted_runtime
+    )
+    eng.warm_up()
+    yield eng
+    eng.unload(Job(None, "unload_model", None, None, None))
+
+
 @pytest.fixture
 def script(scripted_runtime: Any) -> Iterator[Callable[..., None]]:
     """``script(answer, **kwargs)`` forces a scripted answer on engines built with

@@ -31,6 +31,11 @@ def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
+def _synth(path: Path, *effect: str) -> None:
+    """sox's synth: a 16 kHz mono 16-bit file of what ``effect`` makes."""
+    _run("sox", "-n", "-r", str(RATE), "-c", "1", "-b", "16", str(path), "synth", *effect)
+
+
 def frames(path: Path) -> int:
     return sf.info(str(path)).frames
 
@@ -55,23 +60,7 @@ def music(path: Path, seconds: float) -> Path:
         notes = []
         for j, note in enumerate(chord.split()):
             n = work / f"note{i}{j}.wav"
-            _run(
-                "sox",
-                "-n",
-                "-r",
-                str(RATE),
-                "-c",
-                "1",
-                "-b",
-                "16",
-                str(n),
-                "synth",
-                "0.5",
-                "pluck",
-                note,
-                "vol",
-                "0.4",
-            )
+            _synth(n, "0.5", "pluck", note, "vol", "0.4")
             notes.append(str(n))
         bar = work / f"chord{i}.wav"
         _run("sox", "-m", *notes, str(bar))
@@ -82,22 +71,7 @@ def music(path: Path, seconds: float) -> Path:
     tune = work / "tune.wav"
     _run("sox", str(phrase), str(tune), "repeat", str(repeats), "trim", "0", f"{seconds}")
     noise = work / "noise.wav"
-    _run(
-        "sox",
-        "-n",
-        "-r",
-        str(RATE),
-        "-c",
-        "1",
-        "-b",
-        "16",
-        str(noise),
-        "synth",
-        f"{seconds}",
-        "pinknoise",
-        "vol",
-        "0.1",
-    )
+    _synth(noise, f"{seconds}", "pinknoise", "vol", "0.1")
     _run("sox", "-m", str(tune), str(noise), str(path))
     shutil.rmtree(work)
     return path

@@ -306,33 +306,35 @@ def test_check_module_unzips_the_fake_module_and_its_entrypoint_answers_ready_an
     assert "transcribed the bundled clip" in out
 
 
-@posix_only
-def test_check_module_fails_a_bundle_that_cannot_load_a_model(
-    tmp_path: Path, fake_tiny: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # As the transformers 5.25 bundle without kernels' data: ready and health fine, every
-    # transcribe -32004. ready alone passed it; the check must transcribe.
-    broken = fake_onedir(tmp_path / "dist", broken=True)
-    pkg = build(broken, tmp_path / "out")
-    args = [str(pkg.zip_path), str(pkg.index_path), "--tiny-model", str(fake_tiny)]
-    assert cm.main(args) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("FAIL: transcribe of the bundled clip: error")
-    assert "-32004" in out and "Cannot load dependency data" in out
+# As the transformers 5.25 bundle without kernels' data: ready and health fine, every transcribe
+# -32004 (ready alone passed it; the check must transcribe). And a bundle without the voice activity
+# detector's weights (package data): it still transcribes, the whole file with a warning, so the
+# check reads the metadata.
+FAILING_BUNDLES = {
+    "cannot_load_a_model": (
+        {"broken": True},
+        ["FAIL: transcribe of the bundled clip: error", "-32004", "Cannot load dependency data"],
+    ),
+    "without_voice_activity_detection": (
+        {"no_vad": True},
+        ["FAIL: voice activity detection did not run in the engine: vad=False"],
+    ),
+}
 
 
 @posix_only
-def test_check_module_fails_a_bundle_whose_voice_activity_detector_did_not_run(
-    tmp_path: Path, fake_tiny: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("case", list(FAILING_BUNDLES))
+def test_check_module_fails_a_bundle_that_does_not_transcribe_as_it_should(
+    case: str, tmp_path: Path, fake_tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The detector's weights are package data: a spec that left them out would still transcribe
-    # (the whole file, with a warning), so the check reads the metadata.
-    bundle = fake_onedir(tmp_path / "dist", no_vad=True)
+    how, says = FAILING_BUNDLES[case]
+    bundle = fake_onedir(tmp_path / "dist", **how)
     pkg = build(bundle, tmp_path / "out")
     args = [str(pkg.zip_path), str(pkg.index_path), "--tiny-model", str(fake_tiny)]
     assert cm.main(args) == 1
     out = capsys.readouterr().out
-    assert out.startswith("FAIL: voice activity detection did not run in the engine: vad=False")
+    assert out.startswith(says[0]), out
+    assert all(words in out for words in says[1:]), out
 
 
 def test_check_module_rejects_a_zip_that_does_not_match_its_index_entry(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,16 +65,6 @@ def talk(tmp_path_factory: pytest.TempPathFactory) -> Talk:
     spoken = sum(recordings.frames(p) for p in before + after) / recordings.RATE
     # 16 kHz → 24 kHz: sample i is at 1.5·i
     return Talk(path, load_audio(str(path)).samples, (m0 * 3 // 2, m1 * 3 // 2), spoken)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model: Path, scripted_runtime: ScriptedRuntime) -> Iterator[Engine]:
-    eng = Engine(
-        Config(model_path=str(tiny_model), precision="fp32", offline=True), runtime=scripted_runtime
-    )
-    eng.warm_up()
-    yield eng
-    eng.unload(Job(None, "unload_model", None, None, None))
 
 
 def run(engine: Engine, **params: Any) -> tuple[TranscribeResult, Recorder]:
