@@ -14,7 +14,6 @@ Test and bench code only: never imported by the product.
 from __future__ import annotations
 
 import functools
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -41,10 +40,6 @@ SENTENCES = [
     "We need a decision on the contract by Thursday at the latest.",
     "Thanks for joining today; let's start with a quick round of updates.",
 ]
-
-
-def have_espeak() -> bool:
-    return shutil.which("espeak-ng") is not None
 
 
 @functools.lru_cache(maxsize=256)
