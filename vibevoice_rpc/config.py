@@ -353,8 +353,12 @@ def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
     return out
 
 
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
 def env_flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+    return (value or "").strip().lower() in _ON
 
 
 def _env_switch(env: Mapping[str, str], name: str) -> bool:
@@ -362,10 +366,8 @@ def _env_switch(env: Mapping[str, str], name: str) -> bool:
     raw = _raw(env, name).lower()
     if not raw:
         return bool(_value(name))
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
+    if raw in _ON or raw in _OFF:
+        return raw in _ON
     raise SystemExit(
         f"vibevoice-rpc: {name}={raw!r} is not one of 1, true, yes, on, 0, false, no, off"
     )

@@ -163,7 +163,7 @@ class _Stitcher:
         if not final and talk < DECIDE_SECONDS and span < MAX_HOLD_SECONDS:
             return False
         sims = self.voices.similarities(held, only=local).get(local, {})
-        first = self.plan.to_file(self._buffer[0].start_time, self._buffer[0].start_time)[0]
+        first = self.plan.file_time(self._buffer[0].start_time)
         where = f"at {first:.1f} s (window {self._window.index + 1})"  # type: ignore[union-attr]
         glob, note = link_late_speaker(sims, set(self._mapping.values()), self._next_id, where)
         if note:
@@ -192,7 +192,7 @@ class _Stitcher:
             shared,
             self._next_id,
             voices=sims,
-            to_file=lambda t: self.plan.to_file(t, t)[0],
+            to_file=self.plan.file_time,
             wait_for_voice=self.voices is not None and not self.voices.failed,
         )
         self.notes.extend(notes)
@@ -323,14 +323,14 @@ def transcribe_audio(
             on_encoding=lambda p, label=label: job.report("encoding", p, "encoding audio" + label),
             on_first_token=lambda label=label, start=window.start: job.report(
                 "transcribing",
-                plan.to_file(start, start)[0] / audio.duration if audio.duration else 0.0,
+                plan.file_time(start) / audio.duration if audio.duration else 0.0,
                 "transcribing" + label,
             ),
             on_segment=stitcher.add,
             park_encoders=info.park_encoders,
             start=window.start,
             on_upload=lambda p, label=label: job.report("uploading", p, "uploading audio" + label),
-            to_file=lambda t: plan.to_file(t, t)[0],
+            to_file=plan.file_time,
         )
         result = runner.run_window(run)
         stitcher.end_window()

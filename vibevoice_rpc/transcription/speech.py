@@ -145,6 +145,10 @@ class SpeechPlan:
         starts = [p.start for p in self.pieces]
         return self.pieces[max(0, bisect.bisect_right(starts, sample) - 1)]
 
+    def file_time(self, t: float) -> float:
+        """One moment of the model's input (seconds) → the file's (in a pause: where it begins)."""
+        return self.to_file(t, t)[0]
+
     def to_file(self, start: float, end: float) -> tuple[float, float]:
         """A segment's ``start``/``end`` in seconds of the model's input → seconds of the file."""
         if len(self.pieces) <= 1:
